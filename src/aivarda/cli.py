@@ -1,0 +1,108 @@
+"""The ``aivarda`` command.
+
+Sub-commands are declared here (arguments only); their handlers live in the modules that own the
+work and are imported lazily (``"module:function"``) so that ``aivarda --help`` stays fast. A handler
+takes the parsed ``argparse.Namespace`` and returns an exit code (``None`` means 0). Any
+:class:`~aivarda.errors.AivardaError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aivarda import __version__
+from aivarda.errors import AivardaError
+
+
+def _handler(target: str) -> Callable[[argparse.Namespace], int | None]:
+    module, func = target.split(":")
+
+    def run(args: argparse.Namespace) -> int | None:
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aivarda",
+        description="Cycling variational data assimilation with AI forecast models.",
+    )
+    parser.add_argument("--version", action="version", version=f"aivarda {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # --- quickstart -------------------------------------------------------------------------
+    p = sub.add_parser("quickstart", help="build the embedded default world and run the main job end to end")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
+    p.set_defaults(func=_handler("aivarda.quickstart:main"))
+
+    # --- data -------------------------------------------------------------------------------
+    data = sub.add_parser("data", help="nature run and data stores").add_subparsers(
+        dest="data_command", metavar="DATA_COMMAND", required=True
+    )
+    p = data.add_parser("nature-run", help="generate the Held–Suarez nature run (WeatherBench2 Zarr layout)")
+    p.add_argument("--out", type=Path, default=None, help="output store (default: $AIVARDA_HOME/nature_run/<name>.zarr)")
+    p.add_argument("--config", type=Path, default=None, help="YAML with NatureRunConfig fields")
+    p.add_argument("--tiny", action="store_true", help="coarse, a few days: generates in seconds (tests)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+    p.add_argument("--force", action="store_true", help="replace an existing store at --out")
+    p.set_defaults(func=_handler("aivarda.data.nature_run_cli:main"))
+
+    p = data.add_parser("spin-up", help="spin the nature run up from rest and save the state the package ships")
+    p.add_argument("--config", type=Path, default=None, help="YAML with NatureRunConfig fields")
+    p.add_argument("--out", type=Path, default=None, help="output .npz (default: the packaged asset)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_handler("aivarda.data.nature_run_cli:spin_up_main"))
+
+    p = data.add_parser("describe", help="channels, grid, time range and per-channel statistics of a store")
+    p.add_argument("store", type=Path)
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.data.describe:main"))
+
+    p = data.add_parser("stats", help="compute (or show cached) normalisation statistics of a store")
+    p.add_argument("store", type=Path)
+    p.add_argument("--refresh", action="store_true", help="recompute even if cached")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.data.stats:main"))
+
+    p = data.add_parser("plot", help="map of one channel at one time")
+    p.add_argument("store", type=Path)
+    p.add_argument("--channel", default="z500")
+    p.add_argument("--time", default=None, help="ISO time (default: the first)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file")
+    p.set_defaults(func=_handler("aivarda.evaluation.plots:plot_store_main"))
+
+    # --- assimilation ------------------------------------------------------------------------
+    p = sub.add_parser("assimilate", help="one variational analysis (3DVar/4DVar) on simulated observations")
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: the config's output_dir)")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.assimilation.analyse:main"))
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except AivardaError as exc:
+        print(f"aivarda: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aivarda: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""YAML configuration → validated pydantic models.
+
+Every section is a :class:`StrictModel` (unknown keys are errors). :func:`load_config` turns a
+missing file, malformed YAML or a validation failure into one :class:`ConfigError` line that names
+the file and the key path, e.g. ``exp.yaml: observations.error_fraction: Input should be a valid
+number``.
+
+:class:`ExperimentConfig` is the skeleton of a cycling experiment; each later component adds its
+own section model here (one field per section).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aivarda.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are rejected, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    """One line: ``source: key.path: message[; other.key: message]``."""
+    parts = []
+    for e in err.errors():
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        parts.append(f"{_key_path(e['loc'])}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or malformed YAML raises one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate a mapping against a model; failures become one ConfigError line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Load and validate a YAML file as ``model``."""
+    cfg = validate(model, read_yaml(path), str(path))
+    base = Path(path).resolve().parent
+    resolve_paths = getattr(cfg, "resolve_paths", None)
+    if callable(resolve_paths):
+        resolve_paths(base)
+    return cfg
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"6h"``, ``"30min"``, ``"2d"``, ``"1h30min"`` or a number of hours → timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)):
+        return timedelta(hours=float(value))
+    import re
+
+    text = str(value).strip().replace(" ", "")
+    units = {"d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(d|h|min|m|s)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise ValueError(f"expected a duration like '6h', '30min' or '2d', got {value!r}")
+    return timedelta(seconds=sum(float(n) * units[u] for n, u in parts))
+
+
+class DataConfig(StrictModel):
+    """Where the truth comes from: the embedded nature run or a WeatherBench2-layout Zarr store."""
+
+    source: Literal["nature_run", "zarr"] = "nature_run"
+    path: Path | None = Field(default=None, description="Zarr store (required for source: zarr)")
+    variables: list[str] | None = Field(default=None, description="Channel names; default: FengWu's 69")
+
+    def resolve_paths(self, base: Path) -> None:
+        if self.path is not None and not self.path.is_absolute():
+            self.path = (base / self.path).resolve()
+
+
+class ExperimentConfig(StrictModel):
+    """Skeleton of a cycling experiment. Sections are added by the components that own them."""
+
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    cycle_time: timedelta = timedelta(hours=6)
+    output_dir: Path = Path("runs/experiment")
+
+    @field_validator("cycle_time", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    def resolve_paths(self, base: Path) -> None:
+        self.data.resolve_paths(base)
