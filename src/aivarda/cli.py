@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- quickstart -------------------------------------------------------------------------
     p = sub.add_parser("quickstart", help="build the embedded default world and run the main job end to end")
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="parent of the time-stamped output directory")
+    p.add_argument("--tiny", action="store_true", help="the coarse test world (seconds; for smoke tests)")
+    _add_json(p)
     p.set_defaults(func=_handler("aivarda.quickstart:main"))
 
     # --- data -------------------------------------------------------------------------------
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("stats", help="compute (or show cached) normalisation statistics of a store")
     p.add_argument("store", type=Path)
+    p.add_argument("--span", default=None, help="time span of the store (e.g. train, hourly; default: all times)")
+    p.add_argument("--diff-hours", type=float, default=6.0, help="interval of the difference statistics (default 6)")
     p.add_argument("--refresh", action="store_true", help="recompute even if cached")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.data.stats:main"))
@@ -87,6 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.assimilation.analyse:main"))
 
+    # --- forecast models ---------------------------------------------------------------------
+    p = sub.add_parser(
+        "train-model",
+        help="train a forecast model (multi-GPU/multi-node: launch the same command with torchrun)",
+    )
+    p.add_argument("config", type=Path, help="YAML with TrainConfig fields (e.g. configs/models/fengwu_6h.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--stop-after", type=int, default=None, help="pause after this many steps in total (resume later)")
+    p.add_argument("--out", type=Path, default=None, help="override output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.models.training:main"))
+
+    p = sub.add_parser("eval-model", help="RMSE/ACC of a forecast model vs persistence and climatology by lead time")
+    p.add_argument("config", type=Path, nargs="?", default=None, help="YAML with EvalConfig fields (optional)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (overrides the config)")
+    p.add_argument("--store", type=Path, default=None, help="WeatherBench2-layout Zarr store (default: the nature run)")
+    p.add_argument("--max-inits", type=int, default=None, help="at most this many initial times")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.models.evaluate:main"))
+
     return parser
 
 
@@ -101,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aivarda: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
     return int(code or 0)
 
 

@@ -1,0 +1,408 @@
+"""Field sources: the truth/reanalysis readers that hand out states ``[C, H, W]``.
+
+A :class:`FieldSource` knows its :class:`~aivarda.grid.Grid`, its
+:class:`~aivarda.channels.ChannelLayout` and its valid times, and returns states in physical units
+(``torch.float32``, latitude N → S, longitude 0 … 360). :class:`Wb2ZarrSource` reads the
+WeatherBench2 ERA5 Zarr layout (dims ``time, level, latitude, longitude``; one data variable per
+physical variable, named by its WB2 name), which is also the layout of the embedded nature run, so
+the same reader serves both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
+from aivarda.errors import ConfigError, DataError
+from aivarda.grid import Grid
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from aivarda.config import DataConfig
+
+TimeLike = str | datetime | np.datetime64
+"""What :func:`as_time` understands: ISO string, ``datetime`` (incl. ``pd.Timestamp``), ``np.datetime64``."""
+
+_METADATA_FILES = ("zarr.json", ".zmetadata", ".zattrs", ".zgroup", ".zarray")
+
+
+@runtime_checkable
+class FieldSource(Protocol):
+    """Truth/reanalysis reader.
+
+    Attributes:
+        grid: horizontal grid of the states, ``(H, W)``.
+        layout: channel order of the states, ``C = len(layout)``.
+        times: valid times, ``datetime64[ns]``, shape ``[T]``, increasing.
+    """
+
+    grid: Grid
+    layout: ChannelLayout
+    times: np.ndarray
+
+    def state(self, time: TimeLike) -> torch.Tensor:
+        """The state at ``time``: ``float32 [C, H, W]`` in physical units."""
+        ...
+
+    def states(self, times: Sequence[TimeLike] | np.ndarray) -> torch.Tensor:
+        """The states at ``times``: ``float32 [T, C, H, W]``."""
+        ...
+
+
+# --------------------------------------------------------------------------------------- helpers
+def as_time(value: TimeLike) -> np.datetime64:
+    """Convert a time-like value to ``np.datetime64[ns]``; a bad string raises DataError."""
+    try:
+        out = np.datetime64(value, "ns") if not isinstance(value, str) else np.datetime64(value.strip(), "ns")
+    except (ValueError, TypeError):
+        raise DataError(f"time: cannot read {value!r} as a time (expected ISO format like 2020-01-01T06:00)") from None
+    if np.isnat(out):
+        raise DataError(f"time: {value!r} is not a valid time")
+    return out
+
+
+def as_times(values: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
+    """Convert a sequence of time-like values to a ``datetime64[ns]`` array."""
+    if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.datetime64):
+        return values.astype("datetime64[ns]")
+    return np.array([as_time(v) for v in values], dtype="datetime64[ns]")
+
+
+def format_time(t: np.datetime64) -> str:
+    """ISO string to the minute, e.g. ``2020-01-01T06:00``."""
+    return str(np.datetime_as_string(np.datetime64(t, "m")))
+
+
+def layout_from_channels(names: Sequence[str]) -> ChannelLayout:
+    """Build a layout from channel names (e.g. ``["t2m", "z500", "z850", "t500", "t850"]``).
+
+    The names must be surface variables plus upper-air variables on one common set of levels (a
+    layout is a product variables × levels); the result is in canonical order (surface variables
+    first, levels ascending).
+    """
+    surface: list[str] = []
+    upper: list[str] = []
+    levels: set[int] = set()
+    for name in names:
+        var, level = ChannelLayout.parse(name)
+        if level is None:
+            if var not in surface:
+                surface.append(var)
+        else:
+            if var not in upper:
+                upper.append(var)
+            levels.add(level)
+    layout = ChannelLayout(tuple(surface), tuple(upper), tuple(sorted(levels)))
+    missing = sorted(set(layout.names) - set(names), key=layout.names.index)
+    if missing:
+        raise DataError(
+            f"channels {list(names)}: upper-air variables must share the same levels; missing {missing}"
+        )
+    return layout
+
+
+def store_signature(path: str | Path) -> str:
+    """A cheap fingerprint of a local Zarr store: size and mtime of its metadata files.
+
+    Rewriting a store (``to_zarr(mode="w")``) rewrites these files, so the signature changes.
+    """
+    path = Path(path)
+    entries = []
+    for directory in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
+        for name in _METADATA_FILES:
+            f = directory / name
+            if f.is_file():
+                st = f.stat()
+                entries.append(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zmetadata"))
+
+
+def _has_consolidated_metadata(path: Path) -> bool:
+    """Zarr v2 ``.zmetadata``, or Zarr v3 ``zarr.json`` carrying ``consolidated_metadata``."""
+    if (path / ".zmetadata").is_file():
+        return True
+    meta = path / "zarr.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text()).get("consolidated_metadata") is not None
+        except (json.JSONDecodeError, OSError):
+            return False
+    return False
+
+
+def open_wb2_dataset(path: str | Path) -> xr.Dataset:
+    """Open a WeatherBench2-layout Zarr store lazily (no dask; only requested slices are read)."""
+    import xarray as xr
+
+    path = Path(path)
+    if not _is_zarr_store(path):
+        raise DataError(
+            f"{path}: no Zarr store found (expected a WeatherBench2-layout store with dims "
+            "time, level, latitude, longitude; generate one with `aivarda data nature-run`)"
+        )
+    try:
+        ds = xr.open_dataset(
+            path, engine="zarr", chunks=None, cache=False, consolidated=_has_consolidated_metadata(path)
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the store is a data error
+        raise DataError(f"{path}: cannot open Zarr store: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    for coord in ("time", "latitude", "longitude"):
+        if coord not in ds.coords:
+            raise DataError(
+                f"{path}: not a WeatherBench2-layout store: coordinate {coord!r} is missing "
+                f"(the store has {sorted(map(str, ds.coords))})"
+            )
+    return ds
+
+
+def store_layout(path: str | Path) -> ChannelLayout:
+    """Every channel of the store that aivarda knows: known surface variables, then known
+    upper-air variables on all of the store's levels (variables present on the level axis)."""
+    ds = open_wb2_dataset(path)
+    surface = tuple(s for s, v in SURFACE_VARIABLES.items() if v.wb2_name in ds.data_vars)
+    upper = tuple(
+        s for s, v in UPPER_AIR_VARIABLES.items() if v.wb2_name in ds.data_vars and "level" in ds[v.wb2_name].dims
+    )
+    levels = tuple(int(p) for p in ds["level"].values) if upper else ()
+    if not surface and not upper:
+        raise DataError(
+            f"{path}: the store holds no known variable (has {sorted(map(str, ds.data_vars))}; expected WB2 names "
+            f"such as {[v.wb2_name for v in SURFACE_VARIABLES.values()][:4]} or 'geopotential')"
+        )
+    return ChannelLayout(surface, upper, tuple(sorted(levels)))
+
+
+def _read_json_attr(ds: xr.Dataset, key: str, path: Path) -> Any:
+    raw = ds.attrs.get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: global attribute {key!r} is not valid JSON") from None
+
+
+# --------------------------------------------------------------------------------------- reader
+class Wb2ZarrSource:
+    """States from a WeatherBench2-layout Zarr store (ERA5 from WB2, or the embedded nature run).
+
+    Args:
+        path: the ``.zarr`` directory.
+        layout: channels to read (default: FengWu's 69). A channel the store lacks is a DataError.
+        span: name of a time span of the store's ``aivarda_spans`` attribute (e.g. ``"train"``,
+            ``"hourly"``, ``"eval"``): restricts ``times`` to that span's start…end at its interval.
+        time_range: ``(start, end)``, inclusive; restricts ``times`` further.
+
+    Latitudes are returned N → S and longitudes 0 … 360 whatever the order in the store.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        layout: ChannelLayout | None = None,
+        span: str | None = None,
+        time_range: tuple[TimeLike, TimeLike] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.layout = layout if layout is not None else ChannelLayout.fengwu69()
+        self.span = span
+        self._ds = open_wb2_dataset(self.path)
+        self.attrs: dict[str, Any] = dict(self._ds.attrs)
+        self.spans: dict[str, dict[str, Any]] = _read_json_attr(self._ds, "aivarda_spans", self.path) or {}
+        self.grid, self._lat_order, self._lon_order = self._infer_grid()
+        self._variables, self._level_index = self._check_layout()
+        self._store_times = self._ds["time"].values.astype("datetime64[ns]")
+        self._time_range = None if time_range is None else (as_time(time_range[0]), as_time(time_range[1]))
+        self.times = self._select_times()
+
+    # ------------------------------------------------------------------ construction
+    def _infer_grid(self) -> tuple[Grid, np.ndarray | None, np.ndarray | None]:
+        lat = np.asarray(self._ds["latitude"].values, dtype=np.float64)
+        lon = np.mod(np.asarray(self._ds["longitude"].values, dtype=np.float64), 360.0)
+        lat_order = np.argsort(-lat, kind="stable")
+        lon_order = np.argsort(lon, kind="stable")
+        lat_sorted, lon_sorted = lat[lat_order], lon[lon_order]
+        if np.any(np.diff(lat_sorted) == 0) or np.any(np.diff(lon_sorted) == 0):
+            raise DataError(f"{self.path}: duplicate latitudes or longitudes in the store")
+        grid_attr = _read_json_attr(self._ds, "aivarda_grid", self.path)
+        if grid_attr is not None:
+            grid = Grid.from_dict(grid_attr)
+            if grid.shape != (lat.size, lon.size) or not (
+                np.allclose(grid.lat, lat_sorted, atol=1e-4) and np.allclose(grid.lon, lon_sorted, atol=1e-4)
+            ):
+                raise DataError(
+                    f"{self.path}: attribute aivarda_grid ({grid.describe()}) does not match the latitude/longitude "
+                    f"coordinates ({lat.size}×{lon.size})"
+                )
+        else:
+            grid = Grid.from_coords(lat_sorted, lon_sorted)
+        identity_lat = np.array_equal(lat_order, np.arange(lat.size))
+        identity_lon = np.array_equal(lon_order, np.arange(lon.size))
+        return grid, None if identity_lat else lat_order, None if identity_lon else lon_order
+
+    def _check_layout(self) -> tuple[list[str], np.ndarray | None]:
+        have = sorted(map(str, self._ds.data_vars))
+        variables: list[str] = []
+        for ch_var in self.layout.surface:
+            variables.append(self._require_variable(SURFACE_VARIABLES[ch_var].wb2_name, ch_var, have, upper=False))
+        for ch_var in self.layout.upper_air:
+            variables.append(self._require_variable(UPPER_AIR_VARIABLES[ch_var].wb2_name, ch_var, have, upper=True))
+        if not self.layout.upper_air:
+            return variables, None
+        store_levels = [int(p) for p in np.asarray(self._ds["level"].values)]
+        missing = [p for p in self.layout.levels if p not in store_levels]
+        if missing:
+            raise DataError(
+                f"{self.path}: pressure level(s) {missing} hPa not found; the store has levels {store_levels} hPa"
+            )
+        return variables, np.array([store_levels.index(p) for p in self.layout.levels])
+
+    def _require_variable(self, wb2_name: str, short: str, have: list[str], upper: bool) -> str:
+        if wb2_name not in self._ds.data_vars:
+            raise DataError(f"{self.path}: variable {wb2_name!r} ({short}) not found; the store has {have}")
+        dims = self._ds[wb2_name].dims
+        expected = ("time", "level", "latitude", "longitude") if upper else ("time", "latitude", "longitude")
+        if tuple(dims) != expected:
+            raise DataError(f"{self.path}: variable {wb2_name!r} has dims {tuple(dims)}, expected {expected}")
+        return wb2_name
+
+    def _select_times(self) -> np.ndarray:
+        times = self._store_times
+        mask = np.ones(times.size, dtype=bool)
+        if self.span is not None:
+            if self.span not in self.spans:
+                raise DataError(
+                    f"{self.path}: unknown span {self.span!r}; the store has spans {sorted(self.spans) or 'none'}"
+                )
+            spec = self.spans[self.span]
+            start, end = as_time(spec["start"]), as_time(spec["end"])
+            step = np.timedelta64(int(round(float(spec["interval_hours"]) * 3600)), "s").astype("timedelta64[ns]")
+            mask &= (times >= start) & (times <= end) & ((times - start) % step == np.timedelta64(0, "ns"))
+        if self._time_range is not None:
+            mask &= (times >= self._time_range[0]) & (times <= self._time_range[1])
+        selected = times[mask]
+        if selected.size == 0:
+            raise DataError(f"{self.path}: no times selected (span {self.span!r}, range {self._time_range_text()}; "
+                            f"the store covers {self._range_text(times)})")
+        return selected
+
+    # ------------------------------------------------------------------ descriptions
+    @staticmethod
+    def _range_text(times: np.ndarray) -> str:
+        if times.size == 0:
+            return "no times"
+        return f"{format_time(times[0])} … {format_time(times[-1])} ({times.size} times)"
+
+    def _time_range_text(self) -> str:
+        if self._time_range is None:
+            return "all"
+        return f"{format_time(self._time_range[0])} … {format_time(self._time_range[1])}"
+
+    def __repr__(self) -> str:
+        return (
+            f"Wb2ZarrSource({str(self.path)!r}, {len(self.layout)} channels, {self.grid.describe()}, "
+            f"{self._range_text(self.times)}{'' if self.span is None else f', span {self.span!r}'})"
+        )
+
+    def cache_token(self) -> str:
+        """Identity of what this source returns, for caches: store path + signature + selection."""
+        return json.dumps(
+            {
+                "path": str(self.path.resolve()),
+                "signature": store_signature(self.path),
+                "span": self.span,
+                "time_range": None if self._time_range is None else [str(t) for t in self._time_range],
+                "channels": list(self.layout.names),
+            },
+            sort_keys=True,
+        )
+
+    # ------------------------------------------------------------------ reading
+    def time_indices(self, times: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
+        """Indices of ``times`` in the store's time axis; a time outside ``self.times`` is a DataError."""
+        wanted = as_times(times)
+        pos = np.searchsorted(self.times, wanted)
+        pos_clipped = np.minimum(pos, self.times.size - 1)
+        bad = self.times[pos_clipped] != wanted
+        if np.any(bad):
+            t = wanted[np.argmax(bad)]
+            interval = ""
+            if self.times.size > 1:
+                hours = np.unique(np.diff(self.times)).astype("timedelta64[m]").astype(int) / 60
+                interval = f", every {', '.join(f'{h:g}' for h in hours[:3])} h"
+            raise DataError(
+                f"{self.path}: time {format_time(t)} is not in the source; available "
+                f"{self._range_text(self.times)}{interval}"
+                f"{'' if self.span is None else f' (span {self.span!r})'}"
+            )
+        return np.searchsorted(self._store_times, wanted)
+
+    def state(self, time: TimeLike) -> torch.Tensor:
+        """``float32 [C, H, W]`` at ``time``."""
+        return self.states([time])[0]
+
+    def states(self, times: Sequence[TimeLike] | np.ndarray) -> torch.Tensor:
+        """``float32 [T, C, H, W]`` at ``times`` (one read of the store per call)."""
+        idx = self.time_indices(times)
+        if idx.size == 0:
+            return torch.empty((0, len(self.layout), *self.grid.shape), dtype=torch.float32)
+        unique, inverse = np.unique(idx, return_inverse=True)
+        data = self._read(unique)
+        if unique.size != idx.size or not np.array_equal(unique, idx):
+            data = data[inverse]
+        return torch.from_numpy(np.ascontiguousarray(data))
+
+    def _read(self, time_index: np.ndarray) -> np.ndarray:
+        """Read sorted, unique store time indices → ``float32 [T, C, H, W]`` (N → S, lon 0…360)."""
+        t_sel: slice | np.ndarray = time_index
+        if time_index.size == 1 or np.all(np.diff(time_index) == 1):
+            t_sel = slice(int(time_index[0]), int(time_index[-1]) + 1)
+        indexers: dict[str, Any] = {"time": t_sel}
+        if self._level_index is not None:
+            indexers["level"] = self._level_index
+        subset = self._ds[self._variables].isel(indexers)
+        out = np.empty((time_index.size, len(self.layout), *self.grid.shape), dtype=np.float32)
+        n_surface, n_levels = len(self.layout.surface), len(self.layout.levels)
+        for k, name in enumerate(self._variables):
+            values = np.asarray(subset[name].values, dtype=np.float32)
+            if k < n_surface:
+                out[:, k] = values
+            else:
+                start = n_surface + (k - n_surface) * n_levels
+                out[:, start : start + n_levels] = values
+        if self._lat_order is not None:
+            out = out[..., self._lat_order, :]
+        if self._lon_order is not None:
+            out = out[..., self._lon_order]
+        return out
+
+
+def open_source(data_cfg: DataConfig, span: str | None = None) -> Wb2ZarrSource:
+    """The field source a ``data:`` config section describes.
+
+    ``source: nature_run`` opens (generating it on first use) the embedded nature run;
+    ``source: zarr`` opens ``path``. ``variables`` (channel names) selects the layout; default FengWu's 69.
+    """
+    if data_cfg.source == "nature_run":
+        from aivarda.data.nature_run import ensure_nature_run
+
+        path = Path(ensure_nature_run())
+    else:
+        if data_cfg.path is None:
+            raise ConfigError("data.path: required when data.source is 'zarr'")
+        path = Path(data_cfg.path)
+    layout = layout_from_channels(data_cfg.variables) if data_cfg.variables else None
+    return Wb2ZarrSource(path, layout=layout, span=span)

@@ -1,0 +1,331 @@
+"""Normalisation statistics and climatology of a field source.
+
+Per channel ``c``, over sample times ``t_k`` (k = 1…N) and grid points (i, j) with the area weights
+``w_i`` of :attr:`aivarda.grid.Grid.weights` (mean 1):
+
+    mean_c      = (1 / N H W) Σ_k Σ_ij w_i x_c(t_k)_ij
+    std_c       = sqrt((1 / N H W) Σ_k Σ_ij w_i (x_c(t_k)_ij − mean_c)²)
+    diff_mean_c, diff_std_c: the same for d = x(t_k + Δ) − x(t_k), Δ = ``diff_hours``
+
+The state statistics normalise inputs; the difference statistics normalise the residual a
+``Δ``-hour forecast model predicts (6 h for the cycling model, 1 h for the 4DVar window model).
+Results are cached under ``$AIVARDA_HOME/stats/`` keyed by the store path, its modification
+signature, the time selection, the channels and Δ: computed once, then read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aivarda.data.sources import FieldSource
+from aivarda.errors import DataError
+from aivarda.paths import cache_dir
+
+DEFAULT_MAX_SAMPLES = 512
+"""Sample times used for the statistics (evenly spread over the source); enough for 4 digits."""
+
+
+@dataclass
+class NormStats:
+    """Per-channel statistics, tensors of shape ``[C]`` (float64) in the order of ``channels``."""
+
+    channels: tuple[str, ...]
+    mean: torch.Tensor
+    std: torch.Tensor
+    diff_mean: torch.Tensor
+    diff_std: torch.Tensor
+    diff_hours: float
+    n_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channels": list(self.channels),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "diff_mean": self.diff_mean.tolist(),
+            "diff_std": self.diff_std.tolist(),
+            "diff_hours": self.diff_hours,
+            "n_samples": self.n_samples,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NormStats:
+        def vec(key: str) -> torch.Tensor:
+            return torch.tensor(d[key], dtype=torch.float64)
+
+        return cls(
+            channels=tuple(d["channels"]),
+            mean=vec("mean"),
+            std=vec("std"),
+            diff_mean=vec("diff_mean"),
+            diff_std=vec("diff_std"),
+            diff_hours=float(d["diff_hours"]),
+            n_samples=int(d["n_samples"]),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON atomically (a partial file is never left behind)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NormStats:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: not a valid statistics file ({type(exc).__name__}: {exc})") from None
+
+    def select(self, names: tuple[str, ...] | list[str]) -> NormStats:
+        """The statistics of a subset of channels, in the given order."""
+        missing = [n for n in names if n not in self.channels]
+        if missing:
+            raise DataError(f"statistics: channels {missing} not available (have {list(self.channels)})")
+        idx = torch.tensor([self.channels.index(n) for n in names])
+        return NormStats(
+            tuple(names), self.mean[idx], self.std[idx], self.diff_mean[idx], self.diff_std[idx],
+            self.diff_hours, self.n_samples,
+        )
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − mean) / std`` per channel for ``x [..., C, H, W]``."""
+        return (x - _bc(self.mean, x)) / _bc(self.std, x)
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalise`."""
+        return z * _bc(self.std, z) + _bc(self.mean, z)
+
+
+def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``[C]`` → ``[C, 1, 1]`` on ``like``'s device and dtype."""
+    return v.to(device=like.device, dtype=like.dtype)[:, None, None]
+
+
+@dataclass
+class SourceSummary:
+    """Normalisation statistics plus the per-channel extremes seen in the same samples."""
+
+    stats: NormStats
+    minimum: torch.Tensor
+    maximum: torch.Tensor
+
+
+class WeightedMoments:
+    """Running area-weighted first and second moments per channel of batches ``[N, C, H, W]``.
+
+    Values are shifted by a reference (the weighted mean of the first sample) before squaring and
+    the sums are accumulated in float64, so that e.g. geopotential (~5·10⁴ with std ~10³) keeps
+    its precision in float32 inputs.
+    """
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.w = torch.as_tensor(weights, dtype=torch.float32)[:, None]  # [H, 1]
+        self.ref: torch.Tensor | None = None
+        self.s1: torch.Tensor | None = None
+        self.s2: torch.Tensor | None = None
+        self.minimum: torch.Tensor | None = None
+        self.maximum: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float()
+        n, c, h, w = x.shape
+        if self.ref is None:
+            self.ref = (torch.sum(x[0] * self.w, dim=(-2, -1), dtype=torch.float64) / (h * w)).float()
+            self.s1 = torch.zeros(c, dtype=torch.float64)
+            self.s2 = torch.zeros(c, dtype=torch.float64)
+            self.minimum = torch.full((c,), float("inf"))
+            self.maximum = torch.full((c,), float("-inf"))
+        d = x - self.ref[:, None, None]
+        self.s1 += torch.sum(d * self.w, dim=(-2, -1), dtype=torch.float64).sum(0)
+        self.s2 += torch.sum(d * d * self.w, dim=(-2, -1), dtype=torch.float64).sum(0)
+        self.minimum = torch.minimum(self.minimum, x.amin(dim=(0, 2, 3)))
+        self.maximum = torch.maximum(self.maximum, x.amax(dim=(0, 2, 3)))
+        self.count += n * h * w
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted mean and (population) standard deviation, ``[C]`` float64."""
+        if self.count == 0 or self.ref is None:
+            raise ValueError("no samples were added")
+        m1 = self.s1 / self.count
+        var = (self.s2 / self.count - m1**2).clamp_min(0.0)
+        return self.ref.double() + m1, var.sqrt()
+
+
+def _evenly(n: int, k: int | None) -> np.ndarray:
+    """``min(n, k)`` indices spread evenly over ``range(n)``."""
+    if k is None or n <= k:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
+def difference_pairs(times: np.ndarray, diff_hours: float) -> np.ndarray:
+    """Times ``t`` of ``times`` such that ``t + diff_hours`` is also in ``times``."""
+    delta = np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
+    return times[np.isin(times + delta, times)]
+
+
+def summarise(
+    source: FieldSource,
+    diff_hours: float = 6,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
+    progress: bool = True,
+    require_pairs: bool = True,
+    batch_size: int = 8,
+) -> SourceSummary:
+    """Statistics of ``source`` over at most ``max_samples`` evenly spread sample times ``t_k``
+    (the starts of the ``diff_hours`` pairs; state statistics and extremes are taken at ``t_k``).
+
+    With ``require_pairs=False`` a source without any ``diff_hours`` pair (one time, or an interval
+    that does not divide Δ) gives NaN difference statistics instead of a DataError.
+    """
+    delta = np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
+    starts = difference_pairs(source.times, diff_hours)
+    has_pairs = starts.size > 0
+    if not has_pairs:
+        if require_pairs:
+            raise DataError(
+                f"{getattr(source, 'path', 'source')}: no two times {diff_hours:g} h apart among its "
+                f"{source.times.size} times; cannot compute {diff_hours:g}-hour difference statistics"
+            )
+        starts = source.times
+    starts = starts[_evenly(starts.size, max_samples)]
+    states = WeightedMoments(source.grid.weights)
+    diffs = WeightedMoments(source.grid.weights)
+    batches = range(0, starts.size, batch_size)
+    for b in tqdm(batches, desc="statistics", unit="batch", disable=not progress, leave=False):
+        t0 = starts[b : b + batch_size]
+        if has_pairs:
+            x = source.states(np.concatenate([t0, t0 + delta]))
+            x0, x1 = x[: t0.size], x[t0.size :]
+            diffs.add(x1 - x0)
+        else:
+            x0 = source.states(t0)
+        states.add(x0)
+    mean, std = states.mean_std()
+    if has_pairs:
+        diff_mean, diff_std = diffs.mean_std()
+    else:
+        diff_mean = diff_std = torch.full_like(mean, float("nan"))
+    stats = NormStats(
+        tuple(source.layout.names), mean, std, diff_mean, diff_std, float(diff_hours), int(starts.size)
+    )
+    return SourceSummary(stats, states.minimum.double(), states.maximum.double())
+
+
+def compute_norm_stats(
+    source: FieldSource,
+    diff_hours: float = 6,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
+    progress: bool = True,
+) -> NormStats:
+    """Area-weighted per-channel mean/std of states and of ``diff_hours``-hour differences."""
+    return summarise(source, diff_hours, max_samples, progress).stats
+
+
+def _cache_file(source: FieldSource, kind: str, **params: Any) -> Path | None:
+    token = getattr(source, "cache_token", None)
+    if not callable(token):
+        return None
+    key = hashlib.sha1(json.dumps({"source": token(), "kind": kind, **params}, sort_keys=True).encode())
+    stem = Path(getattr(source, "path", "source")).name.removesuffix(".zarr")
+    return cache_dir("stats") / f"{kind}_{stem}_{key.hexdigest()[:16]}"
+
+
+def load_or_compute_norm_stats(
+    source: FieldSource,
+    diff_hours: float = 6,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
+    refresh: bool = False,
+    progress: bool = True,
+) -> NormStats:
+    """:func:`compute_norm_stats`, cached under ``$AIVARDA_HOME/stats`` (sources with a
+    ``cache_token()``, e.g. :class:`~aivarda.data.sources.Wb2ZarrSource`; others are computed)."""
+    base = _cache_file(source, "norm", diff_hours=float(diff_hours), max_samples=max_samples)
+    path = None if base is None else base.with_suffix(".json")
+    if path is not None and path.is_file() and not refresh:
+        stats = NormStats.load(path)
+        if stats.channels == tuple(source.layout.names):
+            return stats
+    stats = compute_norm_stats(source, diff_hours, max_samples, progress)
+    if path is not None:
+        stats.save(path)
+    return stats
+
+
+def climatology(
+    source: FieldSource,
+    max_samples: int | None = 1024,
+    refresh: bool = False,
+    progress: bool = True,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Time mean of the source at every grid point, ``float32 [C, H, W]`` (the reference of ACC).
+
+    ``clim = (1/N) Σ_k x(t_k)`` over at most ``max_samples`` evenly spread times; cached like the
+    normalisation statistics.
+    """
+    base = _cache_file(source, "clim", max_samples=max_samples)
+    path = None if base is None else base.with_suffix(".npy")
+    if path is not None and path.is_file() and not refresh:
+        clim = np.load(path)
+        if clim.shape == (len(source.layout), *source.grid.shape):
+            return torch.from_numpy(clim)
+    times = source.times[_evenly(source.times.size, max_samples)]
+    total = torch.zeros((len(source.layout), *source.grid.shape), dtype=torch.float64)
+    batches = range(0, times.size, batch_size)
+    for b in tqdm(batches, desc="climatology", unit="batch", disable=not progress, leave=False):
+        total += source.states(times[b : b + batch_size]).double().sum(0)
+    clim = (total / times.size).float()
+    if path is not None:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+        np.save(tmp, clim.numpy())
+        tmp.replace(path)
+    return clim
+
+
+# --------------------------------------------------------------------------------------- CLI
+def stats_rows(stats: NormStats, units: dict[str, str]) -> list[dict[str, Any]]:
+    """One dict per channel: name, units, mean, std, diff_mean, diff_std."""
+    return [
+        {
+            "channel": name,
+            "units": units.get(name, ""),
+            "mean": float(stats.mean[k]),
+            "std": float(stats.std[k]),
+            "diff_mean": float(stats.diff_mean[k]),
+            "diff_std": float(stats.diff_std[k]),
+        }
+        for k, name in enumerate(stats.channels)
+    ]
+
+
+def main(args: argparse.Namespace) -> int:
+    """``aivarda data stats STORE [--span S] [--diff-hours H] [--refresh] [--json]``."""
+    from aivarda.data.describe import format_table
+    from aivarda.data.sources import Wb2ZarrSource, store_layout
+
+    source = Wb2ZarrSource(args.store, layout=store_layout(args.store), span=args.span)
+    diff_hours = float(args.diff_hours)
+    stats = load_or_compute_norm_stats(source, diff_hours=diff_hours, refresh=args.refresh, progress=not args.json)
+    units = {ch.name: ch.units for ch in source.layout.channels}
+    rows = stats_rows(stats, units)
+    if args.json:
+        print(json.dumps({"store": str(source.path), "span": source.span, "diff_hours": diff_hours,
+                          "n_samples": stats.n_samples, "channels": rows}, indent=1))
+    else:
+        print(f"{source.path}: {stats.n_samples} samples, {diff_hours:g}-hour differences"
+              f"{'' if source.span is None else f', span {source.span}'}")
+        print(format_table(rows, ["channel", "units", "mean", "std", "diff_mean", "diff_std"]))
+    return 0

@@ -1,0 +1,95 @@
+"""Deterministic verification scores following WeatherBench2 (Rasp et al. 2024).
+
+All scores act on fields ``[..., C, H, W]`` and return ``[..., C]`` (one value per channel and per
+leading index, e.g. time). With the area weights ``w_i`` of :attr:`aivarda.grid.Grid.weights`
+(mean 1 over rows) the spatial mean is ``⟨f⟩ = (1 / H W) Σ_ij w_i f_ij`` and
+
+    MSE  = ⟨(f − t)²⟩,      RMSE = sqrt(MSE),      bias = ⟨f − t⟩,      MAE = ⟨|f − t|⟩
+    ACC  = ⟨f' t'⟩ / sqrt(⟨f'²⟩ ⟨t'²⟩),   f' = f − c,  t' = t − c   (c: climatology)
+
+(WB2's ACC is the uncentred anomaly correlation; its RMSE is ``RMSESqrtBeforeTimeAvg`` — average
+``mse`` over time first and take the root to get WB2's headline RMSE.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from aivarda.grid import Grid
+
+Score = Callable[[torch.Tensor, torch.Tensor, Grid], torch.Tensor]
+
+
+def _weights(grid: Grid, like: torch.Tensor) -> torch.Tensor:
+    """Area weights ``[H, 1]`` on ``like``'s device and dtype."""
+    if tuple(like.shape[-2:]) != grid.shape:
+        raise ValueError(f"field shape {tuple(like.shape)} does not end with the grid shape {grid.shape}")
+    return torch.as_tensor(grid.weights, dtype=like.dtype, device=like.device)[:, None]
+
+
+def spatial_mean(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Area-weighted mean over the sphere: ``[..., H, W] → [...]``."""
+    return (x * _weights(grid, x)).mean(dim=(-2, -1))
+
+
+def mse(forecast: torch.Tensor, truth: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Area-weighted mean squared error ``⟨(f − t)²⟩``, ``[..., C]``."""
+    return spatial_mean((forecast - truth) ** 2, grid)
+
+
+def rmse(forecast: torch.Tensor, truth: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Latitude-weighted RMSE ``sqrt⟨(f − t)²⟩``, ``[..., C]``."""
+    return mse(forecast, truth, grid).sqrt()
+
+
+def bias(forecast: torch.Tensor, truth: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Area-weighted mean error ``⟨f − t⟩``, ``[..., C]``."""
+    return spatial_mean(forecast - truth, grid)
+
+
+def mae(forecast: torch.Tensor, truth: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Area-weighted mean absolute error ``⟨|f − t|⟩``, ``[..., C]``."""
+    return spatial_mean((forecast - truth).abs(), grid)
+
+
+def acc(forecast: torch.Tensor, truth: torch.Tensor, climatology: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Anomaly correlation coefficient ``⟨f' t'⟩ / sqrt(⟨f'²⟩⟨t'²⟩)`` with anomalies from
+    ``climatology`` (``[C, H, W]`` or broadcastable to the inputs), ``[..., C]``."""
+    climatology = climatology.to(device=forecast.device, dtype=forecast.dtype)
+    fa, ta = forecast - climatology, truth - climatology
+    return spatial_mean(fa * ta, grid) / (spatial_mean(fa**2, grid) * spatial_mean(ta**2, grid)).sqrt()
+
+
+SCORES: dict[str, Score] = {"rmse": rmse, "bias": bias, "mae": mae, "mse": mse}
+"""Scores that compare a forecast with the truth (name → function); ``acc`` also needs a climatology."""
+
+
+def evaluate(
+    forecast: torch.Tensor,
+    truth: torch.Tensor,
+    grid: Grid,
+    climatology: torch.Tensor | None = None,
+    scores: Sequence[str] = ("rmse", "bias"),
+) -> dict[str, torch.Tensor]:
+    """Several scores at once: ``{name: [..., C]}``; ``"acc"`` is added when a climatology is given."""
+    unknown = [s for s in scores if s not in SCORES and s != "acc"]
+    if unknown:
+        raise ValueError(f"unknown scores {unknown}; available {sorted([*SCORES, 'acc'])}")
+    out = {name: SCORES[name](forecast, truth, grid) for name in scores if name != "acc"}
+    if climatology is not None:
+        out["acc"] = acc(forecast, truth, climatology, grid)
+    return out
+
+
+def per_channel(values: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
+    """``[C]`` → ``{channel: value}``."""
+    if values.ndim != 1 or values.shape[0] != len(names):
+        raise ValueError(f"expected a [C] tensor with C = {len(names)}, got shape {tuple(values.shape)}")
+    return {name: float(v) for name, v in zip(names, values.tolist(), strict=True)}
+
+
+def scores_per_channel(scores: dict[str, torch.Tensor], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{score: [C]}`` → ``{score: {channel: value}}``."""
+    return {score: per_channel(values, names) for score, values in scores.items()}
