@@ -1,0 +1,185 @@
+"""``aivarda learn-b nmc CONFIG`` and ``aivarda learn-b genbe CONFIG``.
+
+``nmc`` writes the NMC samples of the config's ``nmc`` section to ``--out`` or to the cache
+``$AIVARDA_HOME/b/nmc_<name>_<key>.pt`` (the key identifies source and settings; a cached file is
+reused, an explicit ``--out`` that exists is refused unless ``--force``). ``genbe`` fits the
+statistics from ``--samples`` / ``samples:`` / the cached samples (made first if missing) and writes
+``--out`` / ``output:`` / ``$AIVARDA_HOME/b/genbe_<name>.pt`` (refused if it exists, unless ``--force``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from aivarda.background.genbe.config import LearnBConfig
+from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
+from aivarda.background.genbe.nmc import (
+    NmcSamples,
+    evenly,
+    forecast_differences,
+    lagged_differences,
+    valid_times,
+)
+from aivarda.background.genbe.sphere import Regrid
+from aivarda.config import load_config
+from aivarda.errors import ConfigError, DataError
+from aivarda.paths import cache_dir
+
+
+def _hours(td: Any) -> float:
+    return td.total_seconds() / 3600.0
+
+
+def make_samples(cfg: LearnBConfig, progress: bool = True) -> NmcSamples:
+    """NMC samples as the ``nmc`` section describes, from the ``data`` source."""
+    from aivarda.data.sources import open_source
+
+    nmc = cfg.nmc
+    source = open_source(cfg.data, span=nmc.span)
+    full = source if nmc.span is None else open_source(cfg.data)
+    store_grid = nmc.grid.grid() if nmc.grid is not None else source.grid
+    regrid = None if store_grid == source.grid else Regrid(source.grid, store_grid)
+    where = f"{getattr(source, 'path', 'source')}"
+    if nmc.kind == "forecast":
+        from aivarda.models.checkpoint import load_forecast_model
+
+        assert nmc.model is not None
+        model = load_forecast_model(nmc.model)
+        model_layout = getattr(model, "layout", None)
+        if model_layout is not None and tuple(model_layout.names) != tuple(source.layout.names):
+            raise ConfigError(
+                f"nmc.model: the model has {len(model_layout)} channels, the data section {len(source.layout)}; "
+                "set data.variables to the model's channels"
+            )
+        offsets = [_hours(nmc.long_lead), _hours(nmc.short_lead)]
+        times = evenly(valid_times(source.times, full.times, offsets), nmc.max_samples)
+        _require(times, where, f"initial states {offsets[0]:g} h and {offsets[1]:g} h earlier", nmc.span)
+        samples = forecast_differences(
+            model, full, times, offsets[0], offsets[1], nmc.batch_size, regrid, progress
+        )
+        meta: dict[str, Any] = {"long_lead_hours": offsets[0], "short_lead_hours": offsets[1], "model_dt": float(model.dt)}
+    else:
+        lag = _hours(nmc.lag)
+        times = evenly(valid_times(source.times, full.times, [lag]), nmc.max_samples)
+        _require(times, where, f"a truth state {lag:g} h earlier", nmc.span)
+        samples = lagged_differences(full, times, lag, nmc.batch_size, regrid, progress)
+        meta = {"lag_hours": lag, "note": "lagged-truth stand-in for NMC samples (no forecast model)"}
+    meta.update({"source": where, "span": nmc.span, "config": json.loads(cfg.model_dump_json())})
+    return NmcSamples(samples, times, store_grid, source.grid, source.layout, nmc.kind, meta)
+
+
+def _require(times: Any, where: str, what: str, span: str | None) -> None:
+    if times.size < 2:
+        raise DataError(f"{where}: fewer than 2 valid times in span {span!r} with {what}; need at least 2 NMC samples")
+
+
+def default_samples_path(cfg: LearnBConfig) -> Path:
+    from aivarda.data.sources import open_source
+
+    source = open_source(cfg.data, span=cfg.nmc.span)
+    token = source.cache_token() if hasattr(source, "cache_token") else str(getattr(source, "path", ""))
+    return cache_dir("b") / f"nmc_{cfg.name}_{cfg.nmc_key(token)}.pt"
+
+
+def _check_new(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise DataError(f"{path}: exists; choose another --out or pass --force to replace it")
+
+
+def nmc_main(args: argparse.Namespace) -> int:
+    """``aivarda learn-b nmc CONFIG [--out FILE] [--force] [--quiet]``."""
+    cfg = load_config(args.config, LearnBConfig)
+    if args.out is not None:
+        out = Path(args.out)
+        _check_new(out, args.force)
+    else:
+        out = default_samples_path(cfg)
+        if out.is_file() and not args.force:
+            print(f"NMC samples already cached: {out} ({len(NmcSamples.load(out))} samples)")
+            return 0
+    t0 = time.perf_counter()
+    samples = make_samples(cfg, progress=not args.quiet)
+    samples.save(out)
+    print(
+        f"{len(samples)} {samples.kind} samples on {samples.grid.describe()} "
+        f"({len(samples.layout)} channels) in {time.perf_counter() - t0:.1f} s: {out}"
+    )
+    return 0
+
+
+def load_or_make_samples(cfg: LearnBConfig, samples_path: Path | None, progress: bool) -> NmcSamples:
+    """Samples from an explicit file, else from the cache (made and cached if missing)."""
+    path = samples_path or cfg.samples
+    if path is not None:
+        return NmcSamples.load(path)
+    path = default_samples_path(cfg)
+    if path.is_file():
+        return NmcSamples.load(path)
+    samples = make_samples(cfg, progress)
+    samples.save(path)
+    return samples
+
+
+def fit_from_config(cfg: LearnBConfig, samples: NmcSamples, progress: bool = False) -> GenBeStatistics:
+    g = cfg.genbe
+    settings = FitSettings(
+        vertical=g.vertical, balance=g.balance, balanced=tuple(g.balanced), bands=g.bands, ridge=g.ridge, lmax=g.lmax
+    )
+    control = g.control_grid.grid() if g.control_grid is not None else samples.grid
+    return fit_genbe(
+        samples.samples,
+        samples.layout,
+        samples.grid,
+        control,
+        settings,
+        metadata={"samples_kind": samples.kind, "samples": samples.metadata, "name": cfg.name},
+        state_grid=samples.state_grid,
+        progress=progress,
+    )
+
+
+def summary(stats: GenBeStatistics) -> list[dict[str, Any]]:
+    """One row per control variable: levels, variance share of the first mode, length scales (km)."""
+    rows = []
+    for var in stats.variables:
+        name = var["name"]
+        lam = stats.eigenvalues[name]
+        rows.append(
+            {
+                "variable": name,
+                "levels": int(var["levels"]),
+                "mode1_share": float(lam[0] / lam.sum()) if float(lam.sum()) > 0 else float("nan"),
+                "L_km": [round(float(x) / 1000.0, 1) for x in stats.length_scale[name]],
+                "balanced": name in stats.regression,
+            }
+        )
+    return rows
+
+
+def genbe_main(args: argparse.Namespace) -> int:
+    """``aivarda learn-b genbe CONFIG [--samples FILE] [--out FILE] [--force] [--json]``."""
+    cfg = load_config(args.config, LearnBConfig)
+    out = Path(args.out) if args.out is not None else cfg.output or cache_dir("b") / f"genbe_{cfg.name}.pt"
+    _check_new(out, args.force)
+    samples = load_or_make_samples(cfg, args.samples, progress=not args.json)
+    t0 = time.perf_counter()
+    stats = fit_from_config(cfg, samples, progress=not args.json)
+    stats.save(out)
+    rows = summary(stats)
+    if args.json:
+        print(json.dumps({"output": str(out), "n_samples": len(samples), "variables": rows}, indent=1))
+    else:
+        print(
+            f"GEN_BE from {len(samples)} {samples.kind} samples: control grid {stats.control_grid.describe()} "
+            f"(L = {stats.lmax}), state grid {stats.state_grid.describe()}, fitted in {time.perf_counter() - t0:.1f} s"
+        )
+        for r in rows:
+            ls = ", ".join(f"{x:g}" for x in r["L_km"][:5]) + (" …" if len(r["L_km"]) > 5 else "")
+            print(f"  {r['variable']:>5} levels {r['levels']:>2}  mode-1 share {r['mode1_share']:.2f}  "
+                  f"{'balanced ' if r['balanced'] else ''}L/km: {ls}")
+        print(f"statistics: {out}")
+    return 0

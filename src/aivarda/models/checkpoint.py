@@ -1,0 +1,168 @@
+"""Forecast-model checkpoints: one ``torch.save`` file holding everything needed to rebuild the model.
+
+Format (a dict of plain Python values and tensors, loadable with ``torch.load(weights_only=True)``)::
+
+    format: "aivarda-forecast-model", version: 1
+    architecture: {name: ..., hyper-parameters}     # registry.architecture_config
+    state_dict:   network weights
+    norm_stats:   NormStats.to_dict()               # mean, std, diff_mean, diff_std [C], diff_hours, channels
+    grid:         Grid.to_dict();  layout: ChannelLayout.to_dict()
+    dt: hours;    residual: bool
+    metadata:     training metadata (config, step, losses, data store, versions)
+    training_state (optional, last.pt only): optimizer, scheduler, step, RNG states for --resume
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aivarda.channels import ChannelLayout
+from aivarda.config import load_config
+from aivarda.errors import ConfigError, DataError
+from aivarda.grid import Grid
+from aivarda.models.base import ForecastModel
+from aivarda.models.config import ModelConfig
+from aivarda.data.stats import NormStats
+from aivarda.models.normalised import NeuralForecastModel, identity_stats
+from aivarda.models.registry import architecture_config
+
+FORMAT = "aivarda-forecast-model"
+VERSION = 1
+
+
+def build_forecast_model(
+    architecture: dict[str, Any],
+    stats: Any,
+    grid: Grid,
+    layout: ChannelLayout,
+    dt: float,
+    *,
+    residual: bool = True,
+    checkpoint: bool = False,
+) -> NeuralForecastModel:
+    """A fresh (untrained) model of a registered architecture."""
+    arch = architecture_config(architecture)
+    model = NeuralForecastModel(
+        arch.build(grid, layout), stats, dt, grid, layout, residual=residual, checkpoint=checkpoint
+    )
+    model.architecture = arch.model_dump(mode="json")
+    return model
+
+
+def checkpoint_dict(model: NeuralForecastModel, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint of a model made by :func:`build_forecast_model` (weights copied to the CPU)."""
+    if model.grid is None or model.layout is None or model.architecture is None:
+        raise DataError("a checkpoint needs the model's architecture, grid and channel layout (use build_forecast_model)")
+    arch = model.architecture
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": arch,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()},
+        "norm_stats": model.stats.to_dict(),
+        "grid": model.grid.to_dict(),
+        "layout": model.layout.to_dict(),
+        "dt": model.dt,
+        "residual": model.residual,
+        "metadata": json.loads(json.dumps(metadata or {}, default=str)),
+    }
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (write to ``path.tmp`` then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
+    """Read and check a checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is a user error here
+        raise DataError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DataError(f"{path}: not an aivarda forecast-model checkpoint (no format={FORMAT!r})")
+    if int(payload.get("version", 0)) > VERSION:
+        raise DataError(f"{path}: checkpoint version {payload['version']} is newer than this aivarda ({VERSION})")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], *, checkpoint: bool = False) -> NeuralForecastModel:
+    """Rebuild the model of a checkpoint dict (CPU, eval mode)."""
+    grid = Grid.from_dict(payload["grid"])
+    layout = ChannelLayout.from_dict(payload["layout"])
+    model = build_forecast_model(
+        payload["architecture"],
+        payload["norm_stats"],
+        grid,
+        layout,
+        float(payload["dt"]),
+        residual=bool(payload.get("residual", True)),
+        checkpoint=checkpoint,
+    )
+    model.net.load_state_dict(payload["state_dict"])
+    model.metadata = payload.get("metadata", {})
+    return model.eval()
+
+
+def _module_model(cfg: ModelConfig) -> NeuralForecastModel:
+    grid = None if cfg.grid is None else Grid.from_dict(cfg.grid)
+    layout = None if cfg.layout is None else ChannelLayout.from_dict(cfg.layout)
+    arch = {"name": "module", "target": cfg.module, "kwargs": cfg.kwargs}
+    net = architecture_config(arch, "model").build(grid, layout)  # type: ignore[arg-type]
+    if cfg.stats is not None:
+        if not cfg.stats.is_file():
+            raise ConfigError(f"{cfg.stats}: statistics file not found (model.stats)")
+        stats = NormStats.load(cfg.stats)
+    elif layout is not None:
+        stats = identity_stats(layout.names, float(cfg.dt))  # type: ignore[arg-type]
+    else:
+        raise ConfigError("model: give 'stats' or 'layout' with 'module' (the number of channels is needed)")
+    if cfg.checkpoint is not None:
+        state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and state.get("format") == FORMAT:
+            state = state["state_dict"]
+        elif isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        net.load_state_dict(state)
+    return NeuralForecastModel(
+        net, stats, float(cfg.dt), grid, layout, residual=cfg.residual, checkpoint=cfg.grad_checkpointing  # type: ignore[arg-type]
+    ).eval()
+
+
+def load_forecast_model(
+    source: str | Path | ModelConfig | dict[str, Any], *, trainable: bool = False, device: str | None = None
+) -> NeuralForecastModel:
+    """A :class:`ForecastModel` from a checkpoint file (``.pt``), a model YAML, a
+    :class:`ModelConfig` or its mapping. Parameters are frozen unless ``trainable``
+    (gradients with respect to the *state* still flow, as 4DVar needs)."""
+    if isinstance(source, (str, Path)) and Path(source).suffix in (".yaml", ".yml"):
+        source = load_config(source, ModelConfig)
+    elif isinstance(source, dict):
+        from aivarda.config import validate
+
+        source = validate(ModelConfig, source, "model")
+    if isinstance(source, ModelConfig):
+        cfg = source
+        if cfg.module is not None:
+            model = _module_model(cfg)
+        else:
+            model = model_from_checkpoint(read_checkpoint(cfg.checkpoint), checkpoint=cfg.grad_checkpointing)  # type: ignore[arg-type]
+        device = device or cfg.device
+    else:
+        model = model_from_checkpoint(read_checkpoint(source))
+    model.requires_grad_(trainable)
+    model = model.to(device or "cpu")
+    assert isinstance(model, ForecastModel)
+    return model
