@@ -91,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.assimilation.analyse:main"))
 
+    # --- cycling ------------------------------------------------------------------------------
+    p = sub.add_parser("run", help="a cycling experiment (no-DA, 3DVar, 4DVar, ...); resumable")
+    p.add_argument("config", type=Path, help="YAML with CyclingConfig fields (e.g. configs/exp_3DVar.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: the config's output_dir)")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.cycling.runner:main"))
+
+    p = sub.add_parser("report", help="table and figures comparing cycling runs")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, default=None, help="figure directory (default: report/ beside the first run)")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.evaluation.report:main"))
+
     # --- forecast models ---------------------------------------------------------------------
     p = sub.add_parser(
         "train-model",
@@ -112,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inits", type=int, default=None, help="at most this many initial times")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.models.evaluate:main"))
+
+    # --- background-error statistics ----------------------------------------------------------
+    learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE)").add_subparsers(
+        dest="learn_b_command", metavar="LEARN_B_COMMAND", required=True
+    )
+    p = learn_b.add_parser("nmc", help="NMC samples (48 h − 24 h forecasts, or the lagged-truth stand-in)")
+    p.add_argument("config", type=Path, help="YAML with LearnBConfig fields (e.g. configs/learn_b_genbe.yaml)")
+    p.add_argument("--out", type=Path, default=None, help="sample file (default: cached under $AIVARDA_HOME/b)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_handler("aivarda.background.genbe.cli:nmc_main"))
+
+    p = learn_b.add_parser("genbe", help="fit GEN_BE static B (ψ/χ, vertical modes, balance, length scales)")
+    p.add_argument("config", type=Path, help="YAML with LearnBConfig fields (e.g. configs/learn_b_genbe.yaml)")
+    p.add_argument("--samples", type=Path, default=None, help="NMC sample file (default: the config's, or the cache)")
+    p.add_argument("--out", type=Path, default=None, help="statistics file (default: $AIVARDA_HOME/b/genbe_<name>.pt)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.background.genbe.cli:genbe_main"))
 
     return parser
 

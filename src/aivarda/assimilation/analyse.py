@@ -44,7 +44,7 @@ from aivarda.config import ExperimentConfig, StrictModel, load_config, parse_dur
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 from aivarda.models.config import ModelConfig
-from aivarda.observations.config import ObservationConfig
+from aivarda.observations.config import ObservationConfig, QCConfig
 from aivarda.observations.obsset import ObsSet
 from aivarda.observations.operators import build_operator
 from aivarda.observations.qc import quality_control
@@ -140,7 +140,9 @@ def _obs_space_stats(obs: ObsSet, hx: Tensor) -> dict[str, float]:
     }
 
 
-def _observation_space(obs: ObsSet, grid: Any, layout: Any, windows: dict[str, Tensor]) -> dict[str, Any]:
+def observation_space(obs: ObsSet, grid: Any, layout: Any, windows: dict[str, Tensor]) -> dict[str, Any]:
+    """``{"assimilated"|"withheld": {name: stats of y − H(window)}}`` for each window ``[T, C, H, W]``
+    in ``windows`` (e.g. ``{"O-B": x_b window, "O-A": x_a window}``); withheld = verification only."""
     out: dict[str, Any] = {}
     for subset_name, subset in (("assimilated", obs.active()), ("withheld", obs.verification())):
         if len(subset) == 0:
@@ -152,11 +154,84 @@ def _observation_space(obs: ObsSet, grid: Any, layout: Any, windows: dict[str, T
     return out
 
 
+@dataclass
+class WindowAnalysis:
+    """One analysis of one window: the quality-controlled observations, the minimisation result,
+    and the background and analysis trajectories ``[T, C, H, W]`` through the window."""
+
+    observations: ObsSet
+    result: AnalysisResult
+    background_window: Tensor
+    analysis_window: Tensor
+    minimise_seconds: float
+
+
+def analyse_window(
+    a_cfg: AssimilationConfig,
+    x_b: Tensor,
+    obs: ObsSet,
+    grid: Grid,
+    layout: ChannelLayout,
+    qc: QCConfig,
+    transform: Any,
+    background_std: Tensor,
+    model: Any = None,
+    progress: bool = False,
+) -> WindowAnalysis:
+    """QC against the background window, then ``x_a = x_b + U z*`` by the configured method.
+
+    ``x_b`` ``[C, H, W]`` is the background at the window start; ``obs`` the simulated observations
+    of the ``da_win`` window times; ``background_std`` ``[C]`` the σ_b of the background check;
+    ``model`` steps the state between window times (4DVar, ``a_cfg.steps_per_time`` steps apart).
+    """
+    T = a_cfg.da_win
+    with torch.no_grad():
+        bg_window = x_b[None] if model is None else torch.stack(trajectory(model, x_b, T, a_cfg.steps_per_time))
+    obs = quality_control(obs, grid, layout, qc, background=bg_window, background_std=background_std.to(x_b.dtype))
+    active = obs.active()
+    operator = build_operator(active, grid, layout, (T, *x_b.shape))
+    problem = AnalysisProblem(a_cfg, x_b, transform, operator, active, model=model, progress=progress)
+    t0 = wallclock.perf_counter()
+    result = analyse(problem)
+    seconds = wallclock.perf_counter() - t0
+    with torch.no_grad():
+        x_a = result.x_a.detach()
+        an_window = x_a[None] if model is None else torch.stack(trajectory(model, x_a, T, a_cfg.steps_per_time))
+    return WindowAnalysis(obs, result, bg_window, an_window, seconds)
+
+
+def state_scores(grid: Grid, layout: ChannelLayout, truth: Tensor, x_b: Tensor, x_a: Tensor, clim_std: Tensor) -> dict[str, Any]:
+    """Latitude-weighted RMSE and bias per channel of background and analysis against the truth,
+    and the channel mean of RMSE/σ_clim (``normalised_wrmse``)."""
+    from aivarda.evaluation.metrics import bias, rmse
+
+    names = layout.names
+    rmse_b, rmse_a = rmse(x_b, truth, grid), rmse(x_a, truth, grid)
+    clim = clim_std.to(rmse_b)
+    return {
+        "bg_wrmse": dict(zip(names, rmse_b.tolist(), strict=True)),
+        "ana_wrmse": dict(zip(names, rmse_a.tolist(), strict=True)),
+        "bg_bias": dict(zip(names, bias(x_b, truth, grid).tolist(), strict=True)),
+        "ana_bias": dict(zip(names, bias(x_a, truth, grid).tolist(), strict=True)),
+        "normalised_wrmse": {"background": float((rmse_b / clim).mean()), "analysis": float((rmse_a / clim).mean())},
+    }
+
+
+def minimizer_summary(result: AnalysisResult) -> dict[str, Any]:
+    """Iterations, convergence, fallback, J at the first and last iterate."""
+    return {
+        "iterations": len(result.diagnostics),
+        "converged": result.converged,
+        "fallback": result.fallback,
+        "J_initial": result.diagnostics[0]["J"] if result.diagnostics else None,
+        "J_final": result.diagnostics[-1]["J"] if result.diagnostics else None,
+    }
+
+
 def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleAnalysis:
     """Run the whole single-cycle OSSE described in the module docstring."""
     from aivarda.data.sources import open_source
     from aivarda.data.stats import load_or_compute_norm_stats
-    from aivarda.evaluation.metrics import bias, rmse
     from aivarda.observations.simulator import ObservationSimulator
 
     torch.manual_seed(cfg.seed)
@@ -171,12 +246,7 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
         from aivarda.models.checkpoint import load_forecast_model
 
         model = load_forecast_model(cfg.model)
-        steps = _hours(cfg.window_interval) / float(model.dt)
-        if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
-            raise ConfigError(
-                f"window_interval: {cfg.window_interval} is not a whole number of model steps of {model.dt} h"
-            )
-        a_cfg = a_cfg.model_copy(update={"steps_per_time": int(round(steps))})
+        a_cfg = a_cfg.model_copy(update={"steps_per_time": steps_between(cfg.window_interval, model.dt, "window_interval")})
 
     t0 = wallclock.perf_counter()
     times = _window_times(cfg, source.times, full.times, str(getattr(source, "path", "source")))
@@ -189,56 +259,38 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
     offsets = [float((t - times[0]) / np.timedelta64(1, "h")) for t in times]
     simulator = ObservationSimulator(cfg.observations, grid, layout, stats.std, seed=cfg.seed)
     obs = simulator.simulate(truth_window, offsets, cycle=0)
-    with torch.no_grad():
-        bg_window = x_b[None] if model is None else torch.stack(_trajectory(model, x_b, a_cfg.da_win, a_cfg.steps_per_time))
-    obs = quality_control(
-        obs, grid, layout, cfg.observations.qc, background=bg_window, background_std=stats.diff_std.to(x_b.dtype)
-    )
-    active = obs.active()
-    operator = build_operator(active, grid, layout, tuple(truth_window.shape))
     context = TransformContext(tuple(x_b.shape), x_b.dtype, {"std": stats.diff_std})
     transform = build_transform(a_cfg.background_error, context)
-    problem = AnalysisProblem(a_cfg, x_b, transform, operator, active, model=model, progress=progress)
-    t1 = wallclock.perf_counter()
-    result = analyse(problem)
-    minimise_seconds = wallclock.perf_counter() - t1
-
-    with torch.no_grad():
-        an_window = (
-            result.x_a[None] if model is None else torch.stack(_trajectory(model, result.x_a, a_cfg.da_win, a_cfg.steps_per_time))
-        )
-    names = layout.names
+    wa = analyse_window(
+        a_cfg, x_b, obs, grid, layout, cfg.observations.qc, transform, stats.diff_std, model=model, progress=progress
+    )
+    result = wa.result
     truth = truth_window[0]
-    rmse_b, rmse_a = rmse(x_b, truth, grid), rmse(result.x_a.detach(), truth, grid)
-    clim_std = stats.std.to(rmse_b.dtype)
     metrics: dict[str, Any] = {
         "method": a_cfg.method,
         "background_error": a_cfg.background_error.type,
         "analysis_time": str(times[0])[:19],
         "window_times": len(times),
-        "observations": obs.counts(),
-        "bg_wrmse": dict(zip(names, rmse_b.tolist(), strict=True)),
-        "ana_wrmse": dict(zip(names, rmse_a.tolist(), strict=True)),
-        "bg_bias": dict(zip(names, bias(x_b, truth, grid).tolist(), strict=True)),
-        "ana_bias": dict(zip(names, bias(result.x_a.detach(), truth, grid).tolist(), strict=True)),
-        "normalised_wrmse": {
-            "background": float((rmse_b / clim_std).mean()),
-            "analysis": float((rmse_a / clim_std).mean()),
-        },
-        "observation_space": _observation_space(obs, grid, layout, {"O-B": bg_window, "O-A": an_window}),
-        "minimizer": {
-            "iterations": len(result.diagnostics),
-            "converged": result.converged,
-            "fallback": result.fallback,
-            "J_initial": result.diagnostics[0]["J"] if result.diagnostics else None,
-            "J_final": result.diagnostics[-1]["J"] if result.diagnostics else None,
-        },
-        "wall_seconds": {"io": io_seconds, "minimisation": minimise_seconds},
+        "observations": wa.observations.counts(),
+        **state_scores(grid, layout, truth, x_b, result.x_a.detach(), stats.std),
+        "observation_space": observation_space(
+            wa.observations, grid, layout, {"O-B": wa.background_window, "O-A": wa.analysis_window}
+        ),
+        "minimizer": minimizer_summary(result),
+        "wall_seconds": {"io": io_seconds, "minimisation": wa.minimise_seconds},
     }
-    return SingleAnalysis(grid, layout, truth, x_b, result, obs, metrics)
+    return SingleAnalysis(grid, layout, truth, x_b, result, wa.observations, metrics)
 
 
-def _trajectory(model: Any, x0: Tensor, n_times: int, steps_per_time: int) -> list[Tensor]:
+def steps_between(interval: timedelta, dt_hours: float, what: str) -> int:
+    """The whole number of model steps of ``dt_hours`` in ``interval`` (a ConfigError otherwise)."""
+    steps = _hours(interval) / float(dt_hours)
+    if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
+        raise ConfigError(f"{what}: {interval} is not a whole number of model steps of {dt_hours:g} h")
+    return int(round(steps))
+
+
+def trajectory(model: Any, x0: Tensor, n_times: int, steps_per_time: int) -> list[Tensor]:
     """``[x(0), x(Δ), …]``: ``n_times`` states, ``steps_per_time`` model steps apart."""
     states = [x0]
     for _ in range(n_times - 1):

@@ -1,0 +1,132 @@
+"""Seconds per stage of 3DVar cycling, and the projected time of a month (124 cycles of 6 h).
+
+    python benchmarks/cycling_speed.py [--cycles 6] [--members 8] [--device cpu] [--json]
+
+World: ``--store`` (any WB2-layout store with 6-hourly states), else the default nature run (T42)
+when it is cached under ``$AIVARDA_HOME``, else the tiny one (T21; spun up from rest when the
+shipped spun-up state is missing). Model: the shipped
+``fengwu_6h.pt`` when it exists, else an untrained FengWu-style network of ``--arch`` (JSON) with the
+store's statistics, saved to a temporary checkpoint. Runs ``--cycles`` cycles of 3DVar with a
+diagonal B and the seeds' observing system (the first cycle is a warm-up and not counted), and
+prints the mean seconds per cycle of each stage (forecast, observations, minimisation, I/O), the
+one-off set-up (statistics, initial time-lagged members) and ``124 × mean cycle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aivarda.config import validate
+from aivarda.cycling.config import DEFAULT_MODEL, CyclingConfig
+from aivarda.cycling.runner import CyclingRunner
+from aivarda.data.nature_run import SPINUP_ASSET, NatureRunConfig, default_store_path, ensure_nature_run
+
+STAGES = ("forecast", "observations", "minimisation", "io", "total")
+DEFAULT_ARCH = {"name": "fengwu", "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 4, "window": [4, 8]}
+
+
+def world(store: Path | None) -> tuple[Path, str]:
+    """``store`` if given, else the default nature run if cached, else the tiny one."""
+    if store is not None:
+        return store, str(store)
+    default = default_store_path(NatureRunConfig())
+    if default.exists():
+        return default, "default nature run (T42)"
+    cfg = NatureRunConfig.tiny()
+    if not SPINUP_ASSET.is_file():
+        cfg = cfg.model_copy(update={"initial_state": "rest", "spin_up_days": 5})
+    return ensure_nature_run(cfg, progress=True), "tiny nature run (T21)"
+
+
+def untrained_checkpoint(store: Path, arch: dict, folder: Path) -> Path:
+    """An untrained network of ``arch`` with the store's 6-hour statistics, as a checkpoint file."""
+    from aivarda.data.sources import Wb2ZarrSource
+    from aivarda.data.stats import load_or_compute_norm_stats
+    from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict, save_checkpoint
+
+    source = Wb2ZarrSource(store)
+    stats = load_or_compute_norm_stats(source, diff_hours=6.0, progress=False)
+    model = build_forecast_model(arch, stats, source.grid, source.layout, 6.0)
+    return save_checkpoint(folder / "untrained_6h.pt", checkpoint_dict(model, arch))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, default=None, help="WB2-layout store (default: see above)")
+    ap.add_argument("--cycles", type=int, default=6)
+    ap.add_argument("--members", type=int, default=8, help="dynamic_member (forecast leads per cycle)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--arch", type=json.loads, default=DEFAULT_ARCH, help="architecture of the untrained model")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    store, world_name = world(args.store)
+    from aivarda.data.sources import Wb2ZarrSource
+
+    times = Wb2ZarrSource(store).times
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = str(DEFAULT_MODEL) if DEFAULT_MODEL.is_file() else str(untrained_checkpoint(store, args.arch, folder))
+        six_hourly = int(np.sum((times - times[0]) % np.timedelta64(6, "h") == np.timedelta64(0)))
+        gap = min(8, six_hourly - args.cycles - args.members + 1)  # the seeds' 8 where the world is long enough
+        if gap < 1:
+            raise SystemExit(f"{world_name} has {six_hourly} 6-hourly states: too few for {args.cycles} cycles "
+                             f"and {args.members} members")
+        start = times[0] + np.timedelta64(6 * (gap + args.members - 1), "h")
+        end = start + np.timedelta64(6 * (args.cycles - 1), "h")
+        cfg = validate(
+            CyclingConfig,
+            {
+                "name": "bench_3dvar",
+                "data": {"source": "zarr", "path": str(store)},
+                "start_time": str(start)[:19],
+                "end_time": str(end)[:19],
+                "dynamic_member": args.members,
+                "gap": gap,
+                "device": args.device,
+                "assimilation": {"method": "3dvar", "background_error": {"type": "diagonal"}, "outer_loops": 4,
+                                 "inner_iterations": 5},
+                "model": {"checkpoint": model},
+                "output_dir": str(folder / "run"),
+            },
+            "benchmark",
+        )
+        t0 = time.perf_counter()
+        CyclingRunner(cfg, progress=not args.json).run()
+        elapsed = time.perf_counter() - t0
+        with (folder / "run" / "metrics.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+    timed = rows[1:] or rows
+    mean = {s: float(np.mean([float(r[f"wall_{s}"]) for r in timed])) for s in STAGES}
+    setup = elapsed - sum(float(r["wall_total"]) for r in rows)
+    result = {
+        "world": world_name,
+        "model": "shipped fengwu_6h.pt" if DEFAULT_MODEL.is_file() else f"untrained {args.arch}",
+        "device": args.device,
+        "cycles": len(rows),
+        "members": args.members,
+        "gap": gap,
+        "seconds_per_cycle": mean,
+        "setup_seconds": setup,
+        "month_projection_hours": 124 * mean["total"] / 3600.0,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{world_name}, model: {result['model']}, device {args.device}, {args.members} members")
+    print(f"mean seconds per cycle over {len(timed)} cycles (after a warm-up cycle):")
+    for s in STAGES:
+        print(f"  {s:<13} {mean[s]:8.3f}")
+    print(f"set-up (statistics, models, initial members): {setup:.1f} s")
+    print(f"projected month (124 cycles): {result['month_projection_hours'] * 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The time-lagged ensemble (DESIGN §5), kept on disk.
+
+Each analysis ``x_a(n)`` (cycle ``n``) is forecast ``1 … K`` cycles ahead (``K = dynamic_member``,
+one cycle = ``cycle_time`` = ``steps_per_cycle`` model steps). At cycle ``m`` the members are the
+forecasts valid at ``t_m``:
+
+    x_k(m) = M^k(x_a(m − k)),    k = 1 … K     (leads 6 … 48 h for 6-hour cycles, K = 8)
+
+and the lead-1 member ``x_1(m)`` is the background. A member is stored when it is forecast, as
+``ENSEMBLE_DIR/valid_MMMMM/lead_KK.npy`` (``float32 [C, H, W]``, written atomically), and the
+directory of cycle ``m`` is removed once cycle ``m`` is committed: at most ``K(K+1)/2`` states are
+on disk, and only the background (or the members, for an ensemble B) are in memory.
+
+Before the first cycle there are no analyses; the members come from the truth by time-lagging
+(the seeds' ``gap``): the "analysis" at the virtual cycle ``−j`` (``j = 1 … K``) is
+``M^{gap−1}(x_t(t_{−j−gap+1}))``, so the first background is a ``gap``-cycle forecast of the truth
+``gap`` cycles earlier (48 h for ``gap = 8``) and the lead-``k`` member of cycle 0 a
+``(gap + k − 1)``-cycle forecast.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aivarda.cycling.state import atomic_write
+from aivarda.errors import DataError
+from aivarda.models.base import ForecastModel
+
+
+def forecast_trajectory(model: ForecastModel, x0: Tensor, n_cycles: int, steps_per_cycle: int) -> Tensor:
+    """``[M^{s}(x0), M^{2s}(x0), …]`` for ``n_cycles`` cycles of ``s = steps_per_cycle`` steps:
+    ``[n_cycles, *x0.shape]`` (no gradients; ``x0`` may carry batch dimensions)."""
+    out = []
+    x = x0
+    with torch.no_grad():
+        for _ in range(n_cycles):
+            x = model.forecast(x, steps_per_cycle)
+            out.append(x)
+    return torch.stack(out)
+
+
+class LaggedEnsemble:
+    """Time-lagged members on disk for cycles ``0 … n_cycles − 1`` (see the module docstring)."""
+
+    def __init__(self, directory: str | Path, members: int, n_cycles: int) -> None:
+        if members < 1:
+            raise ValueError("LaggedEnsemble: members must be >= 1")
+        self.directory = Path(directory)
+        self.members = int(members)
+        self.n_cycles = int(n_cycles)
+
+    def _file(self, valid: int, lead: int) -> Path:
+        return self.directory / f"valid_{valid:05d}" / f"lead_{lead:02d}.npy"
+
+    def put(self, origin: int, trajectory: Tensor) -> None:
+        """Store the forecasts of the analysis of cycle ``origin``: ``trajectory[k − 1]`` is valid at
+        cycle ``origin + k`` (``k = 1 … K``); those valid after the last cycle are not kept."""
+        for k in range(1, min(self.members, trajectory.shape[0]) + 1):
+            valid = origin + k
+            if 0 <= valid < self.n_cycles:
+                array = trajectory[k - 1].detach().to("cpu", torch.float32).numpy()
+                atomic_write(self._file(valid, k), lambda tmp, a=array: _save_npy(tmp, a))
+
+    def leads(self, cycle: int) -> list[int]:
+        """Leads (in cycles) of the members stored for ``cycle``."""
+        folder = self.directory / f"valid_{cycle:05d}"
+        return sorted(int(p.stem.split("_")[1]) for p in folder.glob("lead_*.npy")) if folder.is_dir() else []
+
+    def background(self, cycle: int) -> Tensor:
+        """The lead-1 member of ``cycle``: ``[C, H, W]``."""
+        path = self._file(cycle, 1)
+        if not path.is_file():
+            raise DataError(f"{path}: background of cycle {cycle} is missing from the ensemble store")
+        return torch.from_numpy(np.load(path))
+
+    def ensemble(self, cycle: int) -> Tensor:
+        """All members of ``cycle`` by lead: ``[K, C, H, W]``."""
+        leads = self.leads(cycle)
+        if len(leads) != self.members:
+            raise DataError(f"{self.directory}: cycle {cycle} has members of leads {leads}, expected 1…{self.members}")
+        return torch.stack([torch.from_numpy(np.load(self._file(cycle, k))) for k in leads])
+
+    def discard_through(self, cycle: int) -> None:
+        """Remove the members of cycles ``≤ cycle`` (no longer needed once ``cycle`` is committed)."""
+        for folder in self.directory.glob("valid_*"):
+            if int(folder.name.split("_")[1]) <= cycle:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def initialise(self, model: ForecastModel, truth: Tensor, gap: int, steps_per_cycle: int) -> None:
+        """Members of cycles ``0 … K − 1`` that come before any analysis, by time-lagging the truth.
+
+        ``truth`` is ``[K, C, H, W]``: row ``j − 1`` the truth at ``t_{−j−gap+1}`` (``j = 1 … K``).
+        All ``K`` virtual analyses are forecast together as one batch.
+        """
+        if gap < 1:
+            raise ValueError("LaggedEnsemble.initialise: gap must be >= 1")
+        with torch.no_grad():
+            x = model.forecast(truth, (gap - 1) * steps_per_cycle) if gap > 1 else truth
+        trajectories = forecast_trajectory(model, x, self.members, steps_per_cycle)  # [K(lead), K(j), C, H, W]
+        for j in range(1, truth.shape[0] + 1):
+            self.put(-j, trajectories[:, j - 1])
+
+
+def initial_truth_times(start: np.datetime64, cycle: np.timedelta64, gap: int, members: int) -> np.ndarray:
+    """``[K]`` times of the truth states :meth:`LaggedEnsemble.initialise` needs: ``t_{−j−gap+1}``,
+    ``j = 1 … K``, for cycle 0 at ``start`` and cycles ``cycle`` apart."""
+    j = np.arange(1, members + 1)
+    return (np.datetime64(start, "ns") - (j + gap - 1) * cycle).astype("datetime64[ns]")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array)

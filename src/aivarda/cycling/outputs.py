@@ -1,0 +1,174 @@
+"""What a cycling run writes: metrics tables (CSV and netCDF), forecast scores, the last cycle's
+states and, optionally, every analysis/background in the WeatherBench2 Zarr layout.
+
+The metrics row of a cycle is *wide* (one row per cycle):
+
+- ``cycle``, ``time``, ``method``;
+- ``bg_wrmse_<ch>``, ``ana_wrmse_<ch>``, ``bg_bias_<ch>``, ``ana_bias_<ch>`` for every channel
+  (latitude-weighted, :mod:`aivarda.evaluation.metrics`), ``bg_nrmse``/``ana_nrmse`` (channel mean
+  of RMSE/σ_clim);
+- ``obs_<flag>`` counts, and ``{omb,oma}_{assimilated,withheld}_{count,mean,rms,normalised_rms}``
+  (observation space, O−B and O−A);
+- ``min_iterations``, ``min_J_initial``, ``min_J_final``, ``min_converged``, ``min_fallback``;
+- ``wall_forecast``, ``wall_observations``, ``wall_minimisation``, ``wall_io``, ``wall_total`` (s).
+
+``metrics.nc`` holds the same numbers: per-channel scores as ``[cycle, channel]`` arrays, the rest
+as ``[cycle]`` (the CSV is rewritten after every cycle, the netCDF files at the end of a run). Forecast scores (forecast mode) go to ``forecast_scores.csv`` (one row per
+forecast and lead, ``rmse_<ch>`` columns) and ``forecasts.nc`` (``rmse [init, lead, channel]``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aivarda.channels import ChannelLayout
+from aivarda.cycling.state import atomic_write, atomic_write_text
+from aivarda.grid import Grid
+
+PER_CHANNEL = ("bg_wrmse", "ana_wrmse", "bg_bias", "ana_bias")
+WALL_STAGES = ("forecast", "observations", "minimisation", "io")
+
+
+def metrics_row(
+    cycle: int,
+    time: np.datetime64,
+    method: str,
+    scores: dict[str, Any],
+    counts: dict[str, int],
+    obs_space: dict[str, Any],
+    minimizer: dict[str, Any],
+    wall: dict[str, float],
+) -> dict[str, Any]:
+    """The wide metrics row of one cycle (see the module docstring)."""
+    row: dict[str, Any] = {"cycle": cycle, "time": str(np.datetime64(time, "s")), "method": method}
+    for key in PER_CHANNEL:
+        row.update({f"{key}_{ch}": v for ch, v in scores[key].items()})
+    row["bg_nrmse"] = scores["normalised_wrmse"]["background"]
+    row["ana_nrmse"] = scores["normalised_wrmse"]["analysis"]
+    row.update({f"obs_{k}": v for k, v in counts.items()})
+    for subset in ("assimilated", "withheld"):
+        for label, prefix in (("O-B", "omb"), ("O-A", "oma")):
+            stats = obs_space.get(subset, {}).get(label, {"count": 0})
+            for stat in ("count", "mean", "rms", "normalised_rms"):
+                row[f"{prefix}_{subset}_{stat}"] = stats.get(stat, math.nan)
+    row.update({f"min_{k}": (math.nan if v is None else v) for k, v in minimizer.items()})
+    row.update({f"wall_{k}": wall.get(k, 0.0) for k in WALL_STAGES})
+    row["wall_total"] = wall.get("total", sum(wall.get(k, 0.0) for k in WALL_STAGES))
+    return row
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def forecast_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (forecast, lead): ``cycle, init_time, lead_hours, rmse_<ch>…``."""
+    rows = []
+    for rec in records:
+        fc = rec.get("forecast")
+        if not fc:
+            continue
+        for i, lead in enumerate(fc["lead_hours"]):
+            rows.append({"cycle": rec["row"]["cycle"], "init_time": rec["row"]["time"], "lead_hours": lead,
+                         **{f"rmse_{ch}": v[i] for ch, v in fc["rmse"].items()}})
+    return rows
+
+
+def write_metrics(out: Path, records: list[dict[str, Any]], layout: ChannelLayout, netcdf: bool = True) -> None:
+    """``metrics.csv`` and, if any forecast was scored, ``forecast_scores.csv``; with ``netcdf`` also
+    ``metrics.nc`` and ``forecasts.nc`` (the runner writes those at the end of a run)."""
+    import xarray as xr
+
+    rows = [r["row"] for r in records]
+    atomic_write_text(out / "metrics.csv", _csv_text(rows))
+    frows = forecast_rows(records)
+    if frows:
+        atomic_write_text(out / "forecast_scores.csv", _csv_text(frows))
+    if not rows or not netcdf:
+        return
+    names = list(layout.names)
+    data: dict[str, Any] = {
+        key: (("cycle", "channel"), np.array([[r[f"{key}_{ch}"] for ch in names] for r in rows], dtype=np.float64))
+        for key in PER_CHANNEL
+    }
+    per_channel_cols = {f"{k}_{ch}" for k in PER_CHANNEL for ch in names}
+    for col in rows[0]:
+        if col in per_channel_cols or col in ("cycle", "time", "method"):
+            continue
+        data[col] = (("cycle",), np.array([float(r[col]) for r in rows], dtype=np.float64))
+    ds = xr.Dataset(
+        data,
+        coords={"cycle": [r["cycle"] for r in rows], "channel": names,
+                "time": ("cycle", np.array([r["time"] for r in rows], dtype="datetime64[ns]"))},
+        attrs={"method": rows[0]["method"]},
+    )
+    atomic_write(out / "metrics.nc", lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    if frows:
+        fcs = [r for r in records if r.get("forecast")]
+        leads = sorted({lead for r in fcs for lead in r["forecast"]["lead_hours"]})
+        rmse = np.full((len(fcs), len(leads), len(names)), np.nan)
+        for i, rec in enumerate(fcs):
+            for j, lead in enumerate(rec["forecast"]["lead_hours"]):
+                rmse[i, leads.index(lead)] = [rec["forecast"]["rmse"][ch][j] for ch in names]
+        fds = xr.Dataset(
+            {"rmse": (("init", "lead_hours", "channel"), rmse)},
+            coords={"init": [r["row"]["cycle"] for r in fcs], "lead_hours": leads, "channel": names,
+                    "init_time": ("init", np.array([r["row"]["time"] for r in fcs], dtype="datetime64[ns]"))},
+        )
+        atomic_write(out / "forecasts.nc", lambda tmp: fds.to_netcdf(tmp, engine="h5netcdf"))
+
+
+def write_states(path: Path, grid: Grid, layout: ChannelLayout, states: dict[str, torch.Tensor], attrs: dict[str, Any]) -> None:
+    """A netCDF of named ``[C, H, W]`` states (e.g. background, analysis, truth of the last cycle)."""
+    import xarray as xr
+
+    dims = ("channel", "latitude", "longitude")
+    ds = xr.Dataset(
+        {name: (dims, x.detach().to("cpu", torch.float32).numpy()) for name, x in states.items()},
+        coords={"channel": list(layout.names), "latitude": grid.lat, "longitude": grid.lon},
+        attrs=attrs,
+    )
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+
+
+class StateSeries:
+    """States at the cycle times in a WB2-layout Zarr store, created on the first use and reopened
+    on resume (writing a time index again overwrites it)."""
+
+    def __init__(self, path: Path, grid: Grid, layout: ChannelLayout, times: np.ndarray, attrs: dict[str, Any]) -> None:
+        self.path, self.grid, self.layout, self.times = Path(path), grid, layout, np.asarray(times, "datetime64[ns]")
+        if not self.path.exists():  # created beside, then renamed: never half-made
+            import shutil
+
+            from aivarda.data.zarr_writer import ZarrStateWriter
+
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with ZarrStateWriter(tmp, grid, layout, self.times, attrs):
+                pass
+            tmp.rename(self.path)
+
+    def write(self, index: int, state: torch.Tensor) -> None:
+        """Write ``state`` ``[C, H, W]`` at time index ``index``."""
+        import zarr
+
+        from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES
+
+        root = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
+        x = state.detach().to("cpu", torch.float32).numpy()
+        for short in self.layout.surface:
+            root[SURFACE_VARIABLES[short].wb2_name][index] = x[self.layout.variable_slice(short)][0]
+        for short in self.layout.upper_air:
+            root[UPPER_AIR_VARIABLES[short].wb2_name][index] = x[self.layout.variable_slice(short)]

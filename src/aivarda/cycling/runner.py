@@ -1,0 +1,303 @@
+"""The cycling runner (``aivarda run CONFIG [--resume]``), DESIGN §2.
+
+Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
+
+1. background ``x_b = M(x_a(n − 1))``, the lead-1 member of the time-lagged ensemble store
+   (:mod:`aivarda.cycling.ensemble`; before the first analysis the members come from the truth
+   ``gap`` cycles earlier);
+2. observations of the truth window ``t_n + k·flow_cycle_time``, ``k < da_win``, simulated with
+   ``SeedSequence([seed, n])`` (the same draws when a run is resumed), quality-controlled against
+   the background window;
+3. the background-error transform: built once (static B), or every cycle from the members when
+   ``ensemble_b`` (``TransformContext.statistics["ensemble"]``, ``[K, C, H, W]``); a transform with
+   an ``update(members)`` method is updated every cycle;
+4. ``x_a = x_b + U z*`` by the method registry (``none``, ``3dvar``, ``4dvar``; 4DVar steps the
+   1-hour ``flow_model`` through the window, the 6-hour ``model`` cycles);
+5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
+   minimiser's diagnostics and the wall time of each stage;
+6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store, and every
+   ``forecast.every`` cycles a ``forecast.lead`` forecast scored against the truth;
+7. outputs, then the commit (:mod:`aivarda.cycling.state`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time as wallclock
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aivarda.assimilation.analyse import (
+    analyse_window,
+    minimizer_summary,
+    observation_space,
+    state_scores,
+    steps_between,
+)
+from aivarda.background.registry import TransformContext, build_transform
+from aivarda.config import load_config
+from aivarda.cycling.config import CyclingConfig
+from aivarda.cycling.ensemble import LaggedEnsemble, initial_truth_times
+from aivarda.cycling.outputs import StateSeries, metrics_row, write_metrics, write_states
+from aivarda.cycling.state import RunDirectory, atomic_write
+from aivarda.errors import ConfigError, DataError
+
+Hook = Callable[[int, str], None]
+"""``hook(cycle, stage)`` is called after each stage (``background``, ``observations``, ``analysis``,
+``forecast``, ``outputs``); tests use it to interrupt a run at a chosen point."""
+
+
+def _hours(td: np.timedelta64) -> float:
+    return float(td / np.timedelta64(1, "h"))
+
+
+def cycle_seed(seed: int, cycle: int) -> int:
+    """The torch seed of cycle ``cycle`` (independent of earlier cycles, so resumes draw the same)."""
+    return int(np.random.SeedSequence([seed, cycle]).generate_state(1)[0])
+
+
+class CyclingRunner:
+    """Runs a :class:`CyclingConfig` into the run directory ``out`` (default: its ``output_dir``)."""
+
+    def __init__(self, cfg: CyclingConfig, out: str | Path | None = None, *, progress: bool = True,
+                 hook: Hook | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out) if out is not None else Path(cfg.output_dir)
+        self.progress = progress
+        self.hook: Hook = hook or (lambda cycle, stage: None)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from aivarda.data.sources import open_source
+        from aivarda.data.stats import load_or_compute_norm_stats
+        from aivarda.models.checkpoint import load_forecast_model
+        from aivarda.observations.simulator import ObservationSimulator
+
+        cfg = self.cfg
+        model_cfg = cfg.forecast_model_config()  # a missing default model is an error before any data is made
+        flow_cfg = cfg.forecast_model_config(flow=True) if cfg.assimilation.da_win > 1 else None
+        self.source = source = open_source(cfg.data, span=cfg.span)
+        self.grid, self.layout = source.grid, source.layout
+        self.times = cfg.cycle_times()
+        self.cycle_step = np.timedelta64(int(cfg.cycle_time.total_seconds()), "s")
+        self.offsets = cfg.window_offsets()
+        self.device = torch.device(cfg.torch_device())
+        self.model = load_forecast_model(model_cfg, device=str(self.device))
+        self._check_model(self.model, "model")
+        self.steps_per_cycle = steps_between(cfg.cycle_time, self.model.dt, "cycle_time")
+        self.a_cfg = cfg.assimilation
+        self.flow_model = None
+        if flow_cfg is not None:
+            self.flow_model = load_forecast_model(flow_cfg, device=str(self.device))
+            self._check_model(self.flow_model, "flow_model")
+            steps = steps_between(cfg.flow_cycle_time, self.flow_model.dt, "flow_cycle_time")
+            self.a_cfg = self.a_cfg.model_copy(update={"steps_per_time": steps})
+        self.stats = load_or_compute_norm_stats(
+            source, diff_hours=cfg.cycle_time.total_seconds() / 3600.0, progress=self.progress
+        )
+        self.b_std = self.stats.diff_std.to(self.device, torch.float32)
+        self.simulator = ObservationSimulator(cfg.observations, self.grid, self.layout, self.stats.std, seed=cfg.seed)
+        self.state_shape = (self.layout.n_channels, *self.grid.shape)
+        self.transform = None if cfg.ensemble_b else self._build_transform(None)
+        self.forecast_cycles = int(cfg.forecast.lead / cfg.cycle_time) if cfg.forecast.every else 0
+        self._check_truth()
+
+    def _check_model(self, model: Any, key: str) -> None:
+        layout = getattr(model, "layout", None)
+        if layout is not None and tuple(layout.names) != tuple(self.layout.names):
+            raise ConfigError(
+                f"{key}: the model's {layout.n_channels} channels differ from the data's {self.layout.n_channels} "
+                f"(set data.variables to the model's channels)"
+            )
+        grid = getattr(model, "grid", None)
+        if grid is not None and tuple(grid.shape) != tuple(self.grid.shape):
+            raise ConfigError(f"{key}: the model's grid {grid.shape} differs from the data's {self.grid.shape}")
+
+    def _initial_truth_times(self) -> np.ndarray:
+        return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.cfg.dynamic_member)
+
+    def _check_truth(self) -> None:
+        needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.offsets[None, :]).ravel()])
+        missing = needed[~np.isin(needed, self.source.times)]
+        if missing.size:
+            raise DataError(
+                f"{getattr(self.source, 'path', 'data')}: {missing.size} truth times the run needs are missing, "
+                f"first {np.datetime_as_string(missing.min(), 'm')} (the initial members need gap + dynamic_member − 1 = {self.cfg.gap + self.cfg.dynamic_member - 1} "
+                f"cycles before start_time; windows need da_win times every flow_cycle_time)"
+            )
+
+    def _build_transform(self, members: Tensor | None) -> Any:
+        statistics: dict[str, Tensor] = {"std": self.b_std}
+        if members is not None:
+            statistics["ensemble"] = members
+        context = TransformContext(self.state_shape, torch.float32, statistics)
+        return build_transform(self.a_cfg.background_error, context)
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Run (or resume) every cycle; returns the per-cycle records."""
+        cfg = self.cfg
+        run_dir = RunDirectory(self.out)
+        dump = cfg.model_dump(mode="json")
+        dump["output_dir"] = str(self.out)
+        n_cycles = len(cfg.cycle_times())
+        run_dir.check(resume)
+        self._setup()  # validates models and data before anything is written
+        state, records = run_dir.open(dump, n_cycles, resume)
+        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles)
+        attrs = {"source": "aivarda cycling", "experiment": cfg.name, "method": self.a_cfg.method,
+                 "aivarda_grid": self.grid.to_dict()}
+        self.analyses = StateSeries(self.out / "analyses.zarr", self.grid, self.layout, self.times, attrs) \
+            if cfg.outputs.analyses_zarr else None
+        self.backgrounds = StateSeries(self.out / "backgrounds.zarr", self.grid, self.layout, self.times, attrs) \
+            if cfg.outputs.backgrounds_zarr else None
+        if not state.initialised:
+            truth = self.source.states(self._initial_truth_times()).to(self.device)
+            self.ensemble.initialise(self.model, truth, cfg.gap, self.steps_per_cycle)
+            state.initialised = True
+            run_dir.commit(state)
+        self.ensemble.discard_through(state.next_cycle - 1)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_cycles, initial=state.next_cycle, desc=cfg.name, unit="cycle")
+        try:
+            for n in range(state.next_cycle, n_cycles):
+                record = self.cycle(n)
+                state.next_cycle = n + 1
+                run_dir.commit(state, record, n)
+                records.append(record)
+                self.ensemble.discard_through(n)
+                write_metrics(self.out, records, self.layout, netcdf=False)
+                if bar is not None:
+                    bar.update(1)
+                    row = record["row"]
+                    bar.set_postfix(nrmse_b=f"{row['bg_nrmse']:.3g}", nrmse_a=f"{row['ana_nrmse']:.3g}")
+        finally:
+            if bar is not None:
+                bar.close()
+        write_metrics(self.out, records, self.layout)
+        return records
+
+    def cycle(self, n: int) -> dict[str, Any]:
+        """Run cycle ``n`` (everything but the commit); returns its record."""
+        cfg, grid, layout = self.cfg, self.grid, self.layout
+        torch.manual_seed(cycle_seed(cfg.seed, n))
+        wall = dict.fromkeys(("forecast", "observations", "minimisation", "io"), 0.0)
+        start = wallclock.perf_counter()
+        t = self.times[n]
+
+        tic = wallclock.perf_counter()
+        x_b = self.ensemble.background(n).to(self.device)
+        members = self.ensemble.ensemble(n).to(self.device) if cfg.ensemble_b else None
+        truth_window = self.source.states(t + self.offsets).to(self.device)
+        wall["io"] += wallclock.perf_counter() - tic
+        self.hook(n, "background")
+
+        tic = wallclock.perf_counter()
+        offsets_h = [_hours(o) for o in self.offsets]
+        obs = self.simulator.simulate(truth_window, offsets_h, cycle=n)
+        wall["observations"] += wallclock.perf_counter() - tic
+        self.hook(n, "observations")
+
+        tic = wallclock.perf_counter()
+        transform = self.transform if members is None else self._build_transform(members)
+        update = getattr(transform, "update", None)
+        if callable(update):
+            update(members if members is not None else self.ensemble.ensemble(n).to(self.device))
+        wa = analyse_window(self.a_cfg, x_b, obs, grid, layout, cfg.observations.qc, transform, self.b_std,
+                            model=self.flow_model)
+        x_a = wa.result.x_a.detach()
+        wall["minimisation"] += wallclock.perf_counter() - tic
+        self.hook(n, "analysis")
+
+        tic = wallclock.perf_counter()
+        scores = state_scores(grid, layout, truth_window[0], x_b, x_a, self.stats.std)
+        obs_space = observation_space(wa.observations, grid, layout,
+                                      {"O-B": wa.background_window, "O-A": wa.analysis_window})
+        wall["observations"] += wallclock.perf_counter() - tic
+
+        forecast_now = cfg.forecast.every > 0 and n % cfg.forecast.every == 0
+        members, forecast = self._forecasts(x_a, t, self.forecast_cycles if forecast_now else 0, wall)
+        tic = wallclock.perf_counter()
+        self.ensemble.put(n, members)
+        wall["io"] += wallclock.perf_counter() - tic
+        self.hook(n, "forecast")
+
+        tic = wallclock.perf_counter()
+        if self.analyses is not None:
+            self.analyses.write(n, x_a)
+        if self.backgrounds is not None:
+            self.backgrounds.write(n, x_b)
+        if cfg.outputs.observations:
+            from aivarda.observations.io import save_obs
+
+            atomic_write(self.out / "observations" / f"cycle_{n:05d}.nc",
+                         lambda tmp: save_obs(wa.observations, tmp, layout))
+        time_text = str(np.datetime64(t, "s"))
+        write_states(self.out / "last_cycle.nc", grid, layout,
+                     {"background": x_b, "analysis": x_a, "truth": truth_window[0]},
+                     {"cycle": n, "time": time_text, "method": self.a_cfg.method, "experiment": cfg.name,
+                      "aivarda_grid": json.dumps(grid.to_dict())})
+        wall["io"] += wallclock.perf_counter() - tic
+        self.hook(n, "outputs")
+
+        wall["total"] = wallclock.perf_counter() - start
+        row = metrics_row(n, t, self.a_cfg.method, scores, wa.observations.counts(), obs_space,
+                          minimizer_summary(wa.result), wall)
+        return {"row": row, "forecast": forecast}
+
+    def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float]) -> tuple[Tensor, dict[str, Any] | None]:
+        """Forecast ``x_a`` cycle by cycle: the first ``dynamic_member`` states are kept (the new
+        members, ``[K, C, H, W]``); the first ``n_scored`` are scored against the truth as they come
+        (RMSE per channel, leads whose truth is in the source), so a long forecast holds one state."""
+        from aivarda.evaluation.metrics import rmse
+
+        K = self.cfg.dynamic_member
+        members: list[Tensor] = []
+        leads: list[float] = []
+        scores: list[Tensor] = []
+        x = x_a
+        for k in range(1, max(K, n_scored) + 1):
+            tic = wallclock.perf_counter()
+            with torch.no_grad():
+                x = self.model.forecast(x, self.steps_per_cycle)
+            wall["forecast"] += wallclock.perf_counter() - tic
+            if k <= K:
+                members.append(x)
+            valid = (t + k * self.cycle_step).astype("datetime64[ns]")
+            if k <= n_scored and valid in self.source.times:
+                tic = wallclock.perf_counter()
+                scores.append(rmse(x, self.source.state(valid).to(self.device), self.grid))
+                leads.append(_hours(valid - t))
+                wall["io"] += wallclock.perf_counter() - tic
+        forecast = None
+        if n_scored:
+            table = torch.stack(scores) if scores else torch.empty(0, self.layout.n_channels)
+            forecast = {"lead_hours": leads, "rmse": {ch: table[:, c].tolist() for c, ch in enumerate(self.layout.names)}}
+        return torch.stack(members), forecast
+
+
+def run_experiment(cfg: CyclingConfig, out: str | Path | None = None, *, resume: bool = False,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) a cycling experiment; returns the per-cycle records."""
+    return CyclingRunner(cfg, out, progress=progress).run(resume=resume)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``aivarda run CONFIG [--resume] [--out DIR] [--json]``."""
+    from aivarda.evaluation.report import format_table, load_run, run_summary
+
+    cfg = load_config(args.config, CyclingConfig)
+    out = Path(args.out) if args.out is not None else Path(cfg.output_dir)
+    run_experiment(cfg, out, resume=args.resume, progress=not args.json)
+    run = load_run(out)
+    print(json.dumps(run_summary(run), indent=2) if args.json else format_table([run]) + f"\noutputs: {out}")
+    return 0

@@ -1,0 +1,62 @@
+"""``aivarda report``: table, JSON and figures of cycling runs (two 2-cycle runs on the tiny nature run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aivarda.cli import main
+from aivarda.config import load_config
+from aivarda.cycling.config import CyclingConfig
+from aivarda.cycling.runner import CyclingRunner
+from aivarda.evaluation.report import HEADLINE_CHANNELS
+from test_cycling import cycling_store, write_config  # noqa: F401  (the store fixture)
+
+
+@pytest.fixture(scope="module")
+def two_runs(cycling_store: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:  # noqa: F811
+    tmp = tmp_path_factory.mktemp("report")
+    runs = []
+    for method in ("none", "3dvar"):
+        config = write_config(
+            tmp / f"{method}.yaml", cycling_store, tmp / method, end_time="2000-01-02T06:00",
+            assimilation={"method": method, "background_error": {"type": "diagonal"}, "outer_loops": 1,
+                          "inner_iterations": 5},
+            forecast={"every": 1, "lead": "12h"},
+        )
+        CyclingRunner(load_config(config, CyclingConfig), progress=False).run()
+        runs.append(tmp / method)
+    return runs
+
+
+def test_report_json_shape_and_figures(two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figs"
+    assert main(["report", *map(str, two_runs), "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in report["runs"]] == ["none", "3dvar"]
+    for r in report["runs"]:
+        assert r["cycles"] == 2 and r["wall_seconds"] > 0
+        assert set(r["mean_rmse"]) == set(HEADLINE_CHANNELS)
+        assert set(r["forecast_rmse"]["z500"]) == {"6h", "12h"}
+    none, var = report["runs"]
+    # the free run's analysis is its background; 3DVar improves on its own background
+    assert none["mean_rmse"]["z500"]["analysis"] == none["mean_rmse"]["z500"]["background"]
+    assert var["mean_normalised_rmse"]["analysis"] < var["mean_normalised_rmse"]["background"]
+    names = {Path(f).name for f in report["figures"]}
+    assert {"rmse_z500.png", "rmse_t850.png", "increment_none_z500.png", "increment_3dvar_z500.png"} <= names
+    assert all(Path(f).stat().st_size > 0 for f in report["figures"])
+
+
+def test_report_table(two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", *map(str, two_runs), "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "z500 b/a" in lines[0] and "q500 b/a" in lines[0]
+    assert lines[1].split()[:3] == ["none", "none", "2"] and lines[2].split()[:3] == ["3dvar", "3dvar", "2"]
+
+
+def test_report_on_a_non_run_directory_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run directory" in err[0]
