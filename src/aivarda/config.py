@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aivarda.errors import ConfigError
 
@@ -105,6 +105,18 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=sum(float(n) * units[u] for n, u in parts))
 
 
+def duration_hours(value: Any) -> float:
+    """A duration (see :func:`parse_duration`) in hours."""
+    return parse_duration(value).total_seconds() / 3600.0
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+"""A config field given as ``"6h"``, ``"30min"``, ``"2d"`` or a number of hours → ``timedelta``."""
+
+Hours = Annotated[float, BeforeValidator(duration_hours)]
+"""A config field given like :data:`Duration` → float hours."""
+
+
 class DataConfig(StrictModel):
     """Where the truth comes from: the embedded nature run or a WeatherBench2-layout Zarr store."""
 
@@ -125,13 +137,8 @@ class ExperimentConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     start_time: datetime | None = None
     end_time: datetime | None = None
-    cycle_time: timedelta = timedelta(hours=6)
+    cycle_time: Duration = timedelta(hours=6)
     output_dir: Path = Path("runs/experiment")
-
-    @field_validator("cycle_time", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
     def resolve_paths(self, base: Path) -> None:
         self.data.resolve_paths(base)

@@ -33,14 +33,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
 from aivarda.assimilation.methods import AnalysisProblem, AssimilationConfig, analyse
 from aivarda.assimilation.minimizer import AnalysisResult
 from aivarda.background.registry import TransformContext, build_transform
 from aivarda.channels import ChannelLayout
-from aivarda.config import ExperimentConfig, StrictModel, load_config, parse_duration
+from aivarda.config import Duration, ExperimentConfig, StrictModel, load_config
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 from aivarda.models.config import ModelConfig
@@ -58,12 +58,7 @@ class BackgroundConfig(StrictModel):
     kind: Literal["lagged_truth"] = Field(
         default="lagged_truth", description="the truth `lag` before the window start (a persistence forecast)"
     )
-    lag: timedelta = Field(default=timedelta(hours=48), description="age of the lagged truth, e.g. '48h'")
-
-    @field_validator("lag", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> timedelta:
-        return parse_duration(v)
+    lag: Duration = Field(default=timedelta(hours=48), description="age of the lagged truth, e.g. '48h'")
 
 
 class AnalyseConfig(ExperimentConfig):
@@ -72,16 +67,11 @@ class AnalyseConfig(ExperimentConfig):
 
     span: str | None = Field(default="eval", description="span of the store to take times from (None: all)")
     analysis_time: datetime | None = Field(default=None, description="window start; default: first possible")
-    window_interval: timedelta = Field(default=timedelta(hours=1), description="spacing of 4DVar window times")
+    window_interval: Duration = Field(default=timedelta(hours=1), description="spacing of 4DVar window times")
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     observations: ObservationConfig = Field(default_factory=ObservationConfig)
     assimilation: AssimilationConfig = Field(default_factory=AssimilationConfig)
     model: ModelConfig | None = Field(default=None, description="forecast model inside the 4DVar window")
-
-    @field_validator("window_interval", mode="before")
-    @classmethod
-    def _interval(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)

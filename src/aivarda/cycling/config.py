@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from aivarda.assimilation.methods import AssimilationConfig
-from aivarda.config import ExperimentConfig, StrictModel, parse_duration
+from aivarda.config import Duration, ExperimentConfig, StrictModel
 from aivarda.errors import ConfigError
 from aivarda.models.config import ModelConfig
 from aivarda.observations.config import ObservationConfig
@@ -60,12 +60,7 @@ class ForecastModeConfig(StrictModel):
     """Forecasts from the analysis scored against the truth (RMSE per lead)."""
 
     every: int = Field(default=0, ge=0, description="forecast from every N-th cycle's analysis (0: never)")
-    lead: timedelta = Field(default=timedelta(days=5), description="longest lead, e.g. '5d'")
-
-    @field_validator("lead", mode="before")
-    @classmethod
-    def _lead(cls, v: Any) -> timedelta:
-        return parse_duration(v)
+    lead: Duration = Field(default=timedelta(days=5), description="longest lead, e.g. '5d'")
 
 
 class OutputsConfig(StrictModel):
@@ -81,7 +76,7 @@ class CyclingConfig(ExperimentConfig):
     time-lagged ensemble, the observing system, the method, the models and the outputs."""
 
     span: str | None = Field(default=None, description="span of the store the truth is read from (None: all)")
-    flow_cycle_time: timedelta = Field(default=timedelta(hours=1), description="spacing of the da_win window times")
+    flow_cycle_time: Duration = Field(default=timedelta(hours=1), description="spacing of the da_win window times")
     dynamic_member: int = Field(default=8, ge=1, description="time-lagged members (forecast leads 1…N cycles)")
     gap: int = Field(default=8, ge=1, description="first background: forecast of the truth `gap` cycles earlier")
     ensemble_b: bool = Field(
@@ -96,11 +91,6 @@ class CyclingConfig(ExperimentConfig):
     forecast: ForecastModeConfig = Field(default_factory=ForecastModeConfig)
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available")
-
-    @field_validator("flow_cycle_time", mode="before")
-    @classmethod
-    def _flow(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
     @model_validator(mode="after")
     def _times(self) -> CyclingConfig:

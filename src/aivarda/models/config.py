@@ -12,14 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from aivarda.config import DataConfig, StrictModel, load_config, parse_duration
+from aivarda.config import DataConfig, Hours, StrictModel, load_config
 from aivarda.paths import aivarda_home
-
-
-def _hours(value: Any) -> float:
-    return parse_duration(value).total_seconds() / 3600.0
 
 
 def _resolve(path: Path | None, base: Path) -> Path | None:
@@ -38,17 +34,12 @@ class ModelConfig(StrictModel):
     module: str | None = Field(None, description="'package.module:Class' of a torch.nn.Module")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     stats: Path | None = Field(None, description="JSON/YAML of NormStats (module only; default: identity)")
-    dt: float | None = Field(None, description="step length, e.g. '6h' (module only)")
+    dt: Hours | None = Field(None, description="step length, e.g. '6h' (module only)")
     grid: dict[str, Any] | None = Field(None, description="Grid.to_dict() (module only)")
     layout: dict[str, Any] | None = Field(None, description="ChannelLayout.to_dict() (module only)")
     residual: bool = True
     grad_checkpointing: bool = Field(False, description="activation checkpointing of every step")
     device: str = "cpu"
-
-    @field_validator("dt", mode="before")
-    @classmethod
-    def _dt(cls, v: Any) -> float | None:
-        return None if v is None else _hours(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -67,13 +58,8 @@ class ModelSpec(StrictModel):
     """The network to train and how its output is read."""
 
     architecture: dict[str, Any] = Field(description="{name: fengwu|sfno|module, ...hyper-parameters}")
-    dt: float = Field(6.0, description="step length, e.g. '6h' or '1h'")
+    dt: Hours = Field(6.0, description="step length, e.g. '6h' or '1h'")
     residual: bool = True
-
-    @field_validator("dt", mode="before")
-    @classmethod
-    def _dt(cls, v: Any) -> float:
-        return _hours(v)
 
 
 class TrainDataConfig(DataConfig):
@@ -144,21 +130,11 @@ class EvalConfig(StrictModel):
     clim_span: str = Field("train", description="span whose time mean is the climatology")
     clim_samples: int = Field(512, ge=1, description="states averaged for the climatology")
     channels: list[str] = Field(default_factory=lambda: ["z500", "t850", "u500", "q500"])
-    leads: list[float] = Field(default_factory=lambda: [6.0, 24.0, 72.0, 120.0], description="hours")
-    init_every: float = Field(12.0, description="hours between initial times")
+    leads: list[Hours] = Field(default_factory=lambda: [6.0, 24.0, 72.0, 120.0], description="e.g. [6h, 1d]")
+    init_every: Hours = Field(12.0, description="time between initial times")
     max_inits: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1, description="initial times forecast together")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("leads", mode="before")
-    @classmethod
-    def _leads(cls, v: Any) -> list[float]:
-        return [_hours(x) for x in v]
-
-    @field_validator("init_every", mode="before")
-    @classmethod
-    def _every(cls, v: Any) -> float:
-        return _hours(v)
 
     def resolve_paths(self, base: Path) -> None:
         self.checkpoint = _resolve(self.checkpoint, base)  # type: ignore[assignment]

@@ -7,11 +7,11 @@ import hashlib
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from aivarda.config import DataConfig, StrictModel, parse_duration
+from aivarda.config import DataConfig, Duration, StrictModel
 from aivarda.grid import Grid
 from aivarda.models.config import ModelConfig
 from aivarda.paths import aivarda_home
@@ -42,18 +42,13 @@ class NmcSection(StrictModel):
         default="forecast", description="forecast differences (needs `model`) or the model-free lagged-truth stand-in"
     )
     span: str | None = Field(default="train", description="span of the source the valid times come from (None: all)")
-    long_lead: timedelta = Field(default=timedelta(hours=48))
-    short_lead: timedelta = Field(default=timedelta(hours=24))
-    lag: timedelta = Field(default=timedelta(hours=24), description="lagged_truth: x(t) − x(t − lag)")
+    long_lead: Duration = Field(default=timedelta(hours=48))
+    short_lead: Duration = Field(default=timedelta(hours=24))
+    lag: Duration = Field(default=timedelta(hours=24), description="lagged_truth: x(t) − x(t − lag)")
     max_samples: int | None = Field(default=200, ge=2, description="at most this many valid times, evenly spread")
     batch_size: int = Field(default=4, ge=1)
     grid: GridSection | None = Field(default=None, description="store the samples regridded to this grid (default: the source grid)")
     model: ModelConfig | None = None
-
-    @field_validator("long_lead", "short_lead", "lag", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
     @model_validator(mode="after")
     def _check(self) -> NmcSection:
