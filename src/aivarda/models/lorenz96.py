@@ -5,8 +5,8 @@ integrated with one classical Runge–Kutta (RK4) step of ``dt = 0.05`` per mode
 DAPPER's ``dapper/mods/Lorenz96``). States are ``[..., N]`` tensors (leading dimensions are batch
 members). Satisfies :class:`aivarda.models.base.ForecastModel`.
 
-The RK4 step is a ``torch.autograd.Function`` with the hand-written adjoint of the scheme,
-computed in NumPy: the 4DVar benchmark back-propagates through thousands of steps of a 40-vector,
+``forecast(x, n)`` is one ``torch.autograd.Function`` for ``n`` RK4 steps with the hand-written
+adjoint of the scheme, computed in NumPy: the 4DVar benchmark back-propagates through thousands of steps of a 40-vector,
 where a NumPy operation (~1 µs) is several times cheaper than a torch dispatch and autograd's
 per-operation graph. The adjoint of the tendency ``f`` is
 
@@ -24,57 +24,60 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
-def _shifts(n: int) -> dict[int, np.ndarray]:
-    """Index arrays: ``x[..., s[k]]`` is ``x_{j+k}`` (cyclic)."""
-    j = np.arange(n)
-    return {k: (j + k) % n for k in (-2, -1, 1, 2)}
+def _tendency(x: np.ndarray, forcing: float) -> np.ndarray:
+    xp = np.concatenate((x[..., -2:], x, x[..., :1]), axis=-1)  # xp[..., j + 2] = x_j
+    return (xp[..., 3:] - xp[..., :-3]) * xp[..., 1:-2] - x + forcing
 
 
-def _tendency(x: np.ndarray, s: dict[int, np.ndarray], forcing: float) -> np.ndarray:
-    return (x[..., s[1]] - x[..., s[-2]]) * x[..., s[-1]] - x + forcing
-
-
-def _tendency_adjoint(x: np.ndarray, v: np.ndarray, s: dict[int, np.ndarray]) -> np.ndarray:
+def _tendency_adjoint(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``(∂f/∂x)ᵀ v`` at ``x``."""
+    n = x.shape[-1]
+    xp = np.concatenate((x[..., -2:], x, x[..., :2]), axis=-1)  # x_{j+k} = xp[..., 2+k : 2+k+n]
+    vp = np.concatenate((v[..., -1:], v, v[..., :2]), axis=-1)  # v_{j+k} = vp[..., 1+k : 1+k+n]
     return (
-        v[..., s[-1]] * x[..., s[-2]]
-        - v[..., s[2]] * x[..., s[1]]
-        + v[..., s[1]] * (x[..., s[2]] - x[..., s[-1]])
+        vp[..., 0:n] * xp[..., 0:n]
+        - vp[..., 3 : 3 + n] * xp[..., 3 : 3 + n]
+        + vp[..., 2 : 2 + n] * (xp[..., 4 : 4 + n] - xp[..., 1 : 1 + n])
         - v
     )
 
 
-class _RK4Step(torch.autograd.Function):
-    """One RK4 step of Lorenz-96 with its adjoint (NumPy inside, tensors outside)."""
+class _RK4Steps(torch.autograd.Function):
+    """``n`` RK4 steps of Lorenz-96 with their adjoint (NumPy inside, tensors outside)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, model: Lorenz96) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, forcing: float, dt: float, n: int) -> Tensor:  # type: ignore[override]
         xn = x.detach().cpu().numpy()
-        dt, h, f, s = model.dt, 0.5 * model.dt, model.forcing, model._shift
-        k1 = _tendency(xn, s, f)
-        x2 = xn + h * k1
-        k2 = _tendency(x2, s, f)
-        x3 = xn + h * k2
-        k3 = _tendency(x3, s, f)
-        x4 = xn + dt * k3
-        k4 = _tendency(x4, s, f)
-        ctx.save_for_backward(*(torch.from_numpy(a) for a in (xn, x2, x3, x4)))
-        ctx.model = model
-        out = xn + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+        h = 0.5 * dt
+        stages = np.empty((n, 4, *xn.shape), dtype=xn.dtype)
+        for i in range(n):
+            k1 = _tendency(xn, forcing)
+            x2 = xn + h * k1
+            k2 = _tendency(x2, forcing)
+            x3 = xn + h * k2
+            k3 = _tendency(x3, forcing)
+            x4 = xn + dt * k3
+            k4 = _tendency(x4, forcing)
+            stages[i] = (xn, x2, x3, x4)
+            xn = xn + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        ctx.save_for_backward(torch.from_numpy(stages))
+        ctx.dt = dt
+        return torch.from_numpy(xn).to(device=x.device, dtype=x.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        x1, x2, x3, x4 = (t.numpy() for t in ctx.saved_tensors)
-        dt, h, s = ctx.model.dt, 0.5 * ctx.model.dt, ctx.model._shift
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        (stages,) = ctx.saved_tensors
+        dt = ctx.dt
+        h = 0.5 * dt
         g = grad.detach().cpu().numpy()
-        a4 = _tendency_adjoint(x4, (dt / 6.0) * g, s)  # adjoint of the stage state x4
-        a3 = _tendency_adjoint(x3, (dt / 3.0) * g + dt * a4, s)
-        a2 = _tendency_adjoint(x2, (dt / 3.0) * g + h * a3, s)
-        a1 = _tendency_adjoint(x1, (dt / 6.0) * g + h * a2, s)
-        out = g + a1 + a2 + a3 + a4
-        return torch.from_numpy(out).to(device=grad.device, dtype=grad.dtype), None
+        for x1, x2, x3, x4 in stages.numpy()[::-1]:
+            a4 = _tendency_adjoint(x4, (dt / 6.0) * g)  # adjoint of the stage state x4
+            a3 = _tendency_adjoint(x3, (dt / 3.0) * g + dt * a4)
+            a2 = _tendency_adjoint(x2, (dt / 3.0) * g + h * a3)
+            a1 = _tendency_adjoint(x1, (dt / 6.0) * g + h * a2)
+            g = g + a1 + a2 + a3 + a4
+        return torch.from_numpy(g).to(device=grad.device, dtype=grad.dtype), None, None, None
 
 
 class Lorenz96:
@@ -86,16 +89,15 @@ class Lorenz96:
         self.n = n
         self.forcing = float(forcing)
         self.dt = float(dt)
-        self._shift = _shifts(n)
 
     def step(self, x: Tensor) -> Tensor:
         """One RK4 step of length ``dt``."""
-        if x.shape[-1] != self.n:
-            raise ValueError(f"Lorenz96.step: expected last dimension {self.n}, got {list(x.shape)}")
-        return _RK4Step.apply(x, self)
+        return self.forecast(x, 1)
 
     def forecast(self, x: Tensor, n: int) -> Tensor:
-        """The state ``n`` steps (``n·dt``) later."""
-        for _ in range(n):
-            x = self.step(x)
-        return x
+        """The state ``n`` steps (``n·dt``) later (one autograd node for all ``n`` steps)."""
+        if x.shape[-1] != self.n:
+            raise ValueError(f"Lorenz96.forecast: expected last dimension {self.n}, got {list(x.shape)}")
+        if n == 0:
+            return x
+        return _RK4Steps.apply(x, self.forcing, self.dt, n)

@@ -1,0 +1,162 @@
+"""The variational cost function shared by 3DVar and 4DVar (DESIGN §3).
+
+.. math::
+
+    J(z) = ½‖z‖² + \\frac{1}{λ}·½ \\sum_{t=0}^{T-1} ‖H_t(M_{0→t}(x_b + U z)) − y_t‖²_{R_t^{-1}}
+
+- ``z``: control variable ``[*latent_shape]``; ``U``: a :class:`ControlTransform`
+  (``B = U Uᵀ`` when linear); ``x_b``: background at the window start ``[*S]``.
+- ``T = da_win`` window times. ``T = 1`` is 3DVar (no model). ``T > 1`` is strong-constraint
+  4DVar: ``M_{0→t}`` runs the forecast model ``steps_per_time`` model steps between consecutive
+  window times (e.g. 4 Lorenz-96 steps between observation times), each step wrapped in
+  ``torch.utils.checkpoint`` so the autograd graph keeps only the window states, not the model's
+  activations (the backward pass re-runs one step at a time). Without checkpointing the steps
+  between window times are one ``model.forecast(x, n)`` call.
+- The window trajectory ``x_window [T, *S]`` goes through one observation operator
+  ``H: [T, *S] → [N]`` (any differentiable callable; the ``ObservationOperator`` protocol);
+  observation ``j`` has value ``y_j``, error std ``σ_j`` and window time ``t_j`` (the ObsSet
+  fields ``value``, ``error_std``, ``time_index``).
+- ``R_t`` is diagonal with the observation-error variance inflated by a flow (model) error that
+  grows linearly with the window time: ``σ²_{j} = σ_j² + (flow_error · t_j)²``
+  (``flow_error`` in observation units per window time; 0 by default, so ``R_0`` is always the
+  pure observation error).
+- ``λ = bg_lamb`` weights the observation term by ``1/λ``.
+
+The code never looks at the state shape: a ``[40]`` Lorenz-96 state and a ``[69, H, W]``
+atmosphere go through the same lines. All tensors take the dtype of ``background``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from aivarda.background.transforms import ControlTransform
+from aivarda.models.base import ForecastModel
+from aivarda.observations.operators import ObservationOperator
+
+
+class Observations(Protocol):
+    """What the cost reads from an :class:`~aivarda.observations.obsset.ObsSet`: pass
+    ``obs.active()`` (QC good, not withheld) and an operator built for that subset."""
+
+    value: Tensor  # y [N]
+    error_std: Tensor  # σ [N]
+    time_index: Tensor  # t [N], integer window time in [0, T)
+
+
+@dataclass(frozen=True)
+class CostTerms:
+    """``J = J_b + J_o`` (scalar tensors, differentiable in ``z``)."""
+
+    total: Tensor
+    background: Tensor
+    observation: Tensor
+
+
+class VariationalCost:
+    """``J(z)`` for one assimilation window; call it with ``z`` to get :class:`CostTerms`."""
+
+    def __init__(
+        self,
+        background: Tensor,
+        transform: ControlTransform,
+        operator: ObservationOperator,
+        observations: Observations,
+        *,
+        model: ForecastModel | None = None,
+        window_length: int = 1,
+        steps_per_time: int | Sequence[int] = 1,
+        bg_lamb: float = 1.0,
+        flow_error: float = 0.0,
+        checkpointing: bool = True,
+    ):
+        if window_length < 1:
+            raise ValueError(f"VariationalCost: window_length (da_win) must be >= 1, got {window_length}")
+        if window_length > 1 and model is None:
+            raise ValueError("VariationalCost: a window of more than one time (4DVar) needs a forecast model")
+        if bg_lamb <= 0:
+            raise ValueError(f"VariationalCost: bg_lamb must be > 0, got {bg_lamb}")
+        if isinstance(steps_per_time, int):
+            steps = [steps_per_time] * (window_length - 1)
+        else:
+            steps = [int(s) for s in steps_per_time]
+        if len(steps) != window_length - 1 or any(s < 1 for s in steps):
+            raise ValueError(
+                f"VariationalCost: steps_per_time must be a positive int or {window_length - 1} positive ints, got {steps_per_time}"
+            )
+        if tuple(transform.state_shape) != tuple(background.shape):
+            raise ValueError(
+                f"VariationalCost: transform state shape {list(transform.state_shape)} != background shape {list(background.shape)}"
+            )
+        dtype, device = background.dtype, background.device
+        y = torch.as_tensor(observations.value).to(device=device, dtype=dtype).reshape(-1)
+        std = torch.as_tensor(observations.error_std).to(device=device, dtype=dtype).reshape(-1)
+        t = torch.as_tensor(observations.time_index).to(device=device).reshape(-1).long()
+        if not (y.shape == std.shape == t.shape):
+            raise ValueError(
+                f"VariationalCost: value, error_std and time_index must have one entry per observation, "
+                f"got {list(y.shape)}, {list(std.shape)}, {list(t.shape)}"
+            )
+        if y.numel() and (int(t.min()) < 0 or int(t.max()) >= window_length):
+            raise ValueError(f"VariationalCost: time_index must lie in [0, {window_length}), got [{int(t.min())}, {int(t.max())}]")
+        if not bool(torch.all(std > 0)):
+            raise ValueError("VariationalCost: observation error_std must be > 0")
+        self.background = background.detach()
+        self.transform = transform
+        self.operator = operator
+        self.model = model
+        self.window_length = window_length
+        self.steps = steps
+        self.bg_lamb = float(bg_lamb)
+        self.flow_error = float(flow_error)
+        self.checkpointing = checkpointing
+        self.y = y
+        self.time_index = t
+        self.inverse_variance = 1.0 / (std**2 + (self.flow_error * t.to(dtype)) ** 2)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.transform.latent_shape)
+
+    def state(self, z: Tensor) -> Tensor:
+        """``x_0 = x_b + U(z)`` (``[*S]``)."""
+        return self.background + self.transform.decode(z)
+
+    def _advance(self, x: Tensor, n: int) -> Tensor:
+        """``n`` model steps; with checkpointing each step is its own checkpointed segment."""
+        assert self.model is not None
+        if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
+            for _ in range(n):
+                x = checkpoint(self.model.step, x, use_reentrant=False)
+            return x
+        return self.model.forecast(x, n)
+
+    def window(self, x0: Tensor) -> Tensor:
+        """The strong-constraint trajectory ``[M_{0→t}(x_0)]_{t<T}`` as ``[T, *S]``."""
+        states = [x0]
+        x = x0
+        for n in self.steps:
+            x = self._advance(x, n)
+            states.append(x)
+        return torch.stack(states)
+
+    def innovation_terms(self, x_window: Tensor) -> Tensor:
+        """``H(x_window) − y`` (``[N]``)."""
+        y_model = self.operator(x_window).reshape(-1)
+        if y_model.shape != self.y.shape:
+            raise ValueError(
+                f"VariationalCost: the observation operator returned {y_model.numel()} values for {self.y.numel()} observations"
+            )
+        return y_model - self.y
+
+    def __call__(self, z: Tensor) -> CostTerms:
+        j_b = 0.5 * (z * z).sum()
+        d = self.innovation_terms(self.window(self.state(z)))
+        j_o = (0.5 / self.bg_lamb) * (d * d * self.inverse_variance).sum()
+        return CostTerms(total=j_b + j_o, background=j_b, observation=j_o)
