@@ -25,7 +25,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from aivarda.assimilation.analyse import AnalyseConfig, run_single_analysis, summary_table, write_outputs
+from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis, summary_table, write_outputs
 from aivarda.config import validate
 from aivarda.cycling.config import CyclingConfig, default_models_available
 from aivarda.data.nature_run import NatureRunConfig, SpanConfig, ensure_nature_run

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aivarda.assimilation.analyse import (
+from aivarda.assimilation.single_analysis import (
     analyse_window,
     minimizer_summary,
     observation_space,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aivarda.assimilation.analyse import AnalyseConfig, run_single_analysis
+from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis
 from aivarda.cli import main
 from aivarda.config import load_config
 
