@@ -132,10 +132,9 @@ def mini_wb2_store_flipped(tmp_path_factory: pytest.TempPathFactory) -> MiniStor
 
 
 @pytest.fixture(scope="session")
-def tiny_nature_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of the tiny nature run (generated once per test session)."""
-    from aivarda.data.nature_run import NatureRunConfig, generate_nature_run
+def tiny_nature_run(_aivarda_home: Path) -> Path:
+    """Path of the tiny nature run, generated once per test session into the session's
+    ``$AIVARDA_HOME`` (so ``aivarda quickstart --tiny`` finds it cached)."""
+    from aivarda.data.nature_run import NatureRunConfig, ensure_nature_run
 
-    path = tmp_path_factory.mktemp("nr") / "tiny.zarr"
-    generate_nature_run(NatureRunConfig.tiny(), path, progress=False)
-    return path
+    return ensure_nature_run(NatureRunConfig.tiny(), progress=False)

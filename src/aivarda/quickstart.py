@@ -11,9 +11,11 @@ Stages (each cached under ``$AIVARDA_HOME`` after the first run):
    added, 15 % withheld) for ``none`` (free run), ``3dvar`` and ``4dvar`` (a 3-hour window of the
    1-hour model), each starting from a 48-h forecast of the truth, then the ``aivarda report``
    table and figures;
-   without them (and with ``--tiny``): one analysis per method (``none``, ``3dvar`` with a
-   diagonal B) at the first evaluation time from the same observations, the background being the
-   truth 48 h earlier (a persistence forecast);
+   without them (and with ``--tiny``): GEN_BE statistics fitted from lagged-truth differences
+   (the model-free stand-in for NMC samples, cached), then one analysis per experiment of
+   :data:`SINGLE_ANALYSES` (no DA, 3DVar with a diagonal B, 3DVar with GEN_BE) at the first
+   evaluation time from the same observations, the background being the truth 48 h earlier (a
+   persistence forecast);
 4. everything is written to a new time-stamped directory under ``--out`` (earlier results are
    never touched).
 """
@@ -30,7 +32,12 @@ from aivarda.config import validate
 from aivarda.cycling.config import CyclingConfig, default_models_available
 from aivarda.data.nature_run import NatureRunConfig, SpanConfig, ensure_nature_run
 
-QUICKSTART_METHODS = ("none", "3dvar")
+SINGLE_ANALYSES: dict[str, tuple[str, str]] = {
+    "none": ("none", "diagonal"),
+    "3dvar_diagonal": ("3dvar", "diagonal"),
+    "3dvar_genbe": ("3dvar", "genbe"),
+}
+"""Experiment name → (method, background-error type) of the single-analysis quickstart."""
 CYCLING_METHODS = ("none", "3dvar", "4dvar")
 
 
@@ -46,19 +53,49 @@ def quickstart_nature_run(tiny: bool = False) -> NatureRunConfig:
     )
 
 
-def analysis_config(store: Path, method: str, tiny: bool = False) -> AnalyseConfig:
-    """The quickstart's single-analysis experiment for ``method`` on ``store``."""
+def _lag(tiny: bool) -> str:
+    return "24h" if tiny else "48h"
+
+
+def genbe_statistics(store: Path, tiny: bool = False, progress: bool = True) -> Path:
+    """GEN_BE statistics of ``store`` fitted from lagged-truth differences over its ``train`` span
+    (the background's lag apart), cached under ``$AIVARDA_HOME/b``."""
+    from aivarda.background.genbe.cli import fit_from_config, load_or_make_samples
+    from aivarda.background.genbe.config import LearnBConfig
+    from aivarda.paths import cache_dir
+
+    path = cache_dir("b") / f"genbe_quickstart_{store.stem}.pt"
+    if path.is_file():
+        return path
+    cfg = validate(
+        LearnBConfig,
+        {
+            "name": "quickstart",
+            "data": {"source": "zarr", "path": str(store)},
+            "nmc": {"kind": "lagged_truth", "span": "train", "lag": _lag(tiny)},
+        },
+        "quickstart",
+    )
+    fit_from_config(cfg, load_or_make_samples(cfg, None, progress), progress).save(path)
+    return path
+
+
+def analysis_config(
+    store: Path, method: str, tiny: bool = False, background_error: dict | None = None
+) -> AnalyseConfig:
+    """The quickstart's single-analysis experiment for ``method`` on ``store`` (diagonal B unless
+    ``background_error`` says otherwise)."""
     return validate(
         AnalyseConfig,
         {
             "name": f"quickstart_{method}",
             "data": {"source": "zarr", "path": str(store)},
             "span": "eval",
-            "background": {"lag": "24h" if tiny else "48h"},
+            "background": {"lag": _lag(tiny)},
             "observations": {"mode": "random", "fraction": 0.05, "withhold": 0.15},
             "assimilation": {
                 "method": method,
-                "background_error": {"type": "diagonal"},
+                "background_error": background_error or {"type": "diagonal"},
                 "outer_loops": 2,
                 "inner_iterations": 10,
             },
@@ -108,23 +145,41 @@ def cycling_quickstart(store: Path, out: Path, quiet: bool) -> int:
     return 0
 
 
+def new_run_dir(parent: Path) -> Path:
+    """Create and return a new time-stamped directory under ``parent`` (``-2``, ``-3`` … appended
+    when one of that second exists), so earlier results are never written into."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        path = parent / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free run directory for {stamp}")
+
+
 def main(args: argparse.Namespace) -> int:
     tiny = bool(getattr(args, "tiny", False))
     quiet = bool(getattr(args, "json", False))
-    out = Path(args.out) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = new_run_dir(Path(args.out))
     cycling = default_models_available() and not tiny
-    print(f"[1/{1 + len(CYCLING_METHODS if cycling else QUICKSTART_METHODS)}] nature run "
-          f"({'tiny' if tiny else 'T42, 16 days'}) …", flush=True)
+    stages = 1 + (len(CYCLING_METHODS) if cycling else 1 + len(SINGLE_ANALYSES))
+    print(f"[1/{stages}] nature run ({'tiny' if tiny else 'T42, 16 days'}) …", flush=True)
     store = ensure_nature_run(quickstart_nature_run(tiny), progress=not quiet)
     if cycling:
         return cycling_quickstart(store, out, quiet)
+    print(f"[2/{stages}] GEN_BE statistics from {_lag(tiny)} lagged-truth differences …", flush=True)
+    genbe = genbe_statistics(store, tiny, progress=not quiet)
     report: dict[str, dict] = {}
-    for i, method in enumerate(QUICKSTART_METHODS):
-        print(f"[{2 + i}/3] {method} analysis …", flush=True)
-        cfg = analysis_config(store, method, tiny)
+    for i, (name, (method, b_type)) in enumerate(SINGLE_ANALYSES.items()):
+        print(f"[{3 + i}/{stages}] {name} analysis …", flush=True)
+        b = {"type": "genbe", "file": str(genbe)} if b_type == "genbe" else {"type": b_type}
+        cfg = analysis_config(store, method, tiny, b)
         run = run_single_analysis(cfg, progress=not quiet)
-        write_outputs(run, cfg, out / method)
-        report[method] = run.metrics
+        write_outputs(run, cfg, out / name)
+        report[name] = run.metrics
         if not quiet:
             print(summary_table(run.metrics))
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -330,7 +330,7 @@ def write_outputs(run: SingleAnalysis, cfg: AnalyseConfig, out: Path) -> None:
     ax = plot_map(
         increment,
         grid,
-        title=f"{run.metrics['method']} increment {channel} at {run.metrics['analysis_time']}",
+        title=f"{run.metrics['method']} ({run.metrics['background_error']} B) increment {channel} at {run.metrics['analysis_time']}",
         units=layout.channel(channel).units,
         cmap="RdBu_r",
         vmin=-vmax,
