@@ -172,7 +172,9 @@ def test_injected_failure_then_resume_matches_uninterrupted(reference_run: tuple
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(reference_run: tuple[Path, Path], tmp_path: Path) -> None:
     config, ref = reference_run
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the same number of threads as this process (which made the reference run): float reductions
+    # then add up in the same order and the metrics can be compared exactly
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-m", "aivarda.cli", "run", str(config), "--out", str(out), "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
