@@ -26,7 +26,12 @@ import numpy as np
 from aivarda.config import validate
 from aivarda.cycling.config import DEFAULT_MODEL, CyclingConfig
 from aivarda.cycling.runner import CyclingRunner
-from aivarda.data.nature_run import SPINUP_ASSET, NatureRunConfig, default_store_path, ensure_nature_run
+from aivarda.data.nature_run import (
+    SPINUP_ASSET,
+    NatureRunConfig,
+    default_store_path,
+    ensure_nature_run,
+)
 
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
 DEFAULT_ARCH = {"name": "fengwu", "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 4, "window": [4, 8]}
@@ -49,7 +54,11 @@ def untrained_checkpoint(store: Path, arch: dict, folder: Path) -> Path:
     """An untrained network of ``arch`` with the store's 6-hour statistics, as a checkpoint file."""
     from aivarda.data.sources import Wb2ZarrSource
     from aivarda.data.stats import load_or_compute_norm_stats
-    from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict, save_checkpoint
+    from aivarda.models.checkpoint import (
+        build_forecast_model,
+        checkpoint_dict,
+        save_checkpoint,
+    )
 
     source = Wb2ZarrSource(store)
     stats = load_or_compute_norm_stats(source, diff_hours=6.0, progress=False)

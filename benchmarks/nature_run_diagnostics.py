@@ -49,7 +49,12 @@ def twin_experiment(days: float, noise_k: float, warmup_days: float = 0.0, seed:
     import jax
 
     from aivarda.channels import ChannelLayout
-    from aivarda.data.nature_run import NatureRunConfig, _noise, build_model, initial_state
+    from aivarda.data.nature_run import (
+        NatureRunConfig,
+        _noise,
+        build_model,
+        initial_state,
+    )
 
     cfg = NatureRunConfig()
     model = build_model(cfg)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, WB2_LEVELS, ChannelLayout
+from aivarda.channels import (
+    SURFACE_VARIABLES,
+    UPPER_AIR_VARIABLES,
+    WB2_LEVELS,
+    ChannelLayout,
+)
 from aivarda.errors import DataError
 
 

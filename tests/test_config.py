@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aivarda.config import DataConfig, ExperimentConfig, load_config, parse_duration, read_yaml
+from aivarda.config import (
+    DataConfig,
+    ExperimentConfig,
+    load_config,
+    parse_duration,
+    read_yaml,
+)
 from aivarda.errors import ConfigError
 
 

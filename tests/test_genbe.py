@@ -14,10 +14,21 @@ import yaml
 
 from aivarda.assimilation.cost import VariationalCost
 from aivarda.assimilation.minimizer import Minimizer
-from aivarda.background.genbe import FitSettings, GenBeStatistics, GenBeTransform, Regrid, SphereOps, fit_genbe
+from aivarda.background.genbe import (
+    FitSettings,
+    GenBeStatistics,
+    GenBeTransform,
+    Regrid,
+    SphereOps,
+    fit_genbe,
+)
 from aivarda.background.genbe.fit import apply_regression
 from aivarda.background.genbe.nmc import forecast_differences, lagged_differences
-from aivarda.background.registry import TransformContext, build_transform, transform_names
+from aivarda.background.registry import (
+    TransformContext,
+    build_transform,
+    transform_names,
+)
 from aivarda.channels import ChannelLayout
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, WB2_LEVELS, ChannelLayout
+from aivarda.channels import (
+    SURFACE_VARIABLES,
+    UPPER_AIR_VARIABLES,
+    WB2_LEVELS,
+    ChannelLayout,
+)
 from aivarda.cli import main as cli_main
 from aivarda.config import load_config
 from aivarda.data.nature_run import (

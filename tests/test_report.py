@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cycling import cycling_store, write_config  # noqa: F401  (the store fixture)
 
 from aivarda.cli import main
 from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.cycling.runner import CyclingRunner
 from aivarda.evaluation.report import HEADLINE_CHANNELS
-from test_cycling import cycling_store, write_config  # noqa: F401  (the store fixture)
 
 
 @pytest.fixture(scope="module")

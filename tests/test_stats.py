@@ -14,7 +14,13 @@ from aivarda.channels import ChannelLayout
 from aivarda.cli import main as cli_main
 from aivarda.data import stats as stats_mod
 from aivarda.data.sources import Wb2ZarrSource
-from aivarda.data.stats import NormStats, climatology, compute_norm_stats, load_or_compute_norm_stats, summarise
+from aivarda.data.stats import (
+    NormStats,
+    climatology,
+    compute_norm_stats,
+    load_or_compute_norm_stats,
+    summarise,
+)
 from aivarda.errors import DataError
 from aivarda.grid import Grid
 

@@ -255,7 +255,11 @@ def test_rollout_finetuning_starts_from_given_weights(synthetic_store, tmp_path)
 
 def test_init_from_a_different_architecture_is_a_config_error(synthetic_store, tmp_path):
     from aivarda.errors import ConfigError
-    from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict, save_checkpoint
+    from aivarda.models.checkpoint import (
+        build_forecast_model,
+        checkpoint_dict,
+        save_checkpoint,
+    )
     from aivarda.models.normalised import identity_stats
 
     other = {"name": "fengwu", "patch_size": 2, "embed_dim": 8, "depth": 1, "num_heads": 2, "window": [2, 4]}

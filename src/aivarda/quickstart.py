@@ -27,7 +27,12 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis, summary_table, write_outputs
+from aivarda.assimilation.single_analysis import (
+    AnalyseConfig,
+    run_single_analysis,
+    summary_table,
+    write_outputs,
+)
 from aivarda.config import validate
 from aivarda.cycling.config import CyclingConfig, default_models_available
 from aivarda.data.nature_run import NatureRunConfig, SpanConfig, ensure_nature_run
@@ -130,7 +135,12 @@ def cycling_config(store: Path, method: str, out: Path) -> CyclingConfig:
 def cycling_quickstart(store: Path, out: Path, quiet: bool) -> int:
     """No-DA, 3DVar and 4DVar cycling with the shipped models, then the report."""
     from aivarda.cycling.runner import run_experiment
-    from aivarda.evaluation.report import format_table, load_run, plot_report, run_summary
+    from aivarda.evaluation.report import (
+        format_table,
+        load_run,
+        plot_report,
+        run_summary,
+    )
 
     for i, method in enumerate(CYCLING_METHODS):
         print(f"[{2 + i}/{1 + len(CYCLING_METHODS)}] {method} cycling …", flush=True)

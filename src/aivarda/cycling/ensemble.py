@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aivarda.cycling.state import atomic_write
 from aivarda.errors import DataError
+from aivarda.files import atomic_write
 from aivarda.models.base import ForecastModel
 
 
@@ -64,7 +64,7 @@ class LaggedEnsemble:
             valid = origin + k
             if 0 <= valid < self.n_cycles:
                 array = trajectory[k - 1].detach().to("cpu", torch.float32).numpy()
-                atomic_write(self._file(valid, k), lambda tmp, a=array: _save_npy(tmp, a))
+                atomic_write(self._file(valid, k), lambda tmp, a=array: np.save(tmp, a))
 
     def leads(self, cycle: int) -> list[int]:
         """Leads (in cycles) of the members stored for ``cycle``."""
@@ -113,6 +113,4 @@ def initial_truth_times(start: np.datetime64, cycle: np.timedelta64, gap: int, m
     return (np.datetime64(start, "ns") - (j + gap - 1) * cycle).astype("datetime64[ns]")
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array)
+

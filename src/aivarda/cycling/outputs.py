@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from aivarda.channels import ChannelLayout
-from aivarda.cycling.state import atomic_write, atomic_write_text
+from aivarda.files import atomic_write, atomic_write_text
 from aivarda.grid import Grid
 
 PER_CHANNEL = ("bg_wrmse", "ana_wrmse", "bg_bias", "ana_bias")

@@ -44,9 +44,15 @@ from aivarda.background.registry import TransformContext, build_transform
 from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.cycling.ensemble import LaggedEnsemble, initial_truth_times
-from aivarda.cycling.outputs import StateSeries, metrics_row, write_metrics, write_states
-from aivarda.cycling.state import RunDirectory, atomic_write
+from aivarda.cycling.outputs import (
+    StateSeries,
+    metrics_row,
+    write_metrics,
+    write_states,
+)
+from aivarda.cycling.state import RunDirectory
 from aivarda.errors import ConfigError, DataError
+from aivarda.files import atomic_write
 
 Hook = Callable[[int, str], None]
 """``hook(cycle, stage)`` is called after each stage (``background``, ``observations``, ``analysis``,

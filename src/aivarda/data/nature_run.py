@@ -50,6 +50,7 @@ from pydantic import Field, field_validator, model_validator
 from aivarda.channels import ChannelLayout
 from aivarda.config import StrictModel
 from aivarda.errors import AivardaError, DataError
+from aivarda.files import atomic_write
 from aivarda.grid import Grid
 from aivarda.paths import aivarda_home
 
@@ -383,10 +384,7 @@ def save_state(path: Path, model: HeldSuarezModel, state: Any, meta: dict[str, A
     arrays = {k: np.asarray(state.tracers[Q_KEY] if k == Q_KEY else getattr(state, k), dtype=np.float32)
               for k in _STATE_FIELDS}
     meta = {"resolution": model.cfg.resolution, "sigma_levels": model.cfg.sigma_levels, **meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays))
 
 
 def load_state(path: Path, model: HeldSuarezModel) -> Any:

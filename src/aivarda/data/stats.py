@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from aivarda.data.sources import FieldSource
 from aivarda.errors import DataError
+from aivarda.files import atomic_write, atomic_write_text
 from aivarda.paths import cache_dir
 
 DEFAULT_MAX_SAMPLES = 512
@@ -75,10 +75,7 @@ class NormStats:
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically (a partial file is never left behind)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> NormStats:
@@ -289,9 +286,7 @@ def climatology(
         total += source.states(times[b : b + batch_size]).double().sum(0)
     clim = (total / times.size).float()
     if path is not None:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-        np.save(tmp, clim.numpy())
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: np.save(tmp, clim.numpy()))
     return clim
 
 

@@ -129,7 +129,12 @@ def save_figure(ax: Axes, path: str | Path, dpi: int = 120) -> Path:
 
 def plot_store_main(args: argparse.Namespace) -> int:
     """``aivarda data plot STORE --channel z500 [--time ISO] --out map.png``."""
-    from aivarda.data.sources import Wb2ZarrSource, as_time, format_time, layout_from_channels
+    from aivarda.data.sources import (
+        Wb2ZarrSource,
+        as_time,
+        format_time,
+        layout_from_channels,
+    )
 
     if Path(args.out).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise DataError(f"--out {args.out}: expected a .png, .pdf or .svg file")

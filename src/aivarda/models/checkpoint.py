@@ -22,11 +22,12 @@ import torch
 
 from aivarda.channels import ChannelLayout
 from aivarda.config import load_config
+from aivarda.data.stats import NormStats
 from aivarda.errors import ConfigError, DataError
+from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel
 from aivarda.models.config import ModelConfig
-from aivarda.data.stats import NormStats
 from aivarda.models.normalised import NeuralForecastModel, identity_stats
 from aivarda.models.registry import architecture_config
 
@@ -73,29 +74,13 @@ def checkpoint_dict(model: NeuralForecastModel, metadata: dict[str, Any] | None 
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (write to ``path.tmp`` then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    """Write a checkpoint dict atomically."""
+    return save_torch_file(path, payload)
 
 
-def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # noqa: BLE001 — any unreadable file is a user error here
-        raise DataError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(f"{path}: not an aivarda forecast-model checkpoint (no format={FORMAT!r})")
-    if int(payload.get("version", 0)) > VERSION:
-        raise DataError(f"{path}: checkpoint version {payload['version']} is newer than this aivarda ({VERSION})")
-    return payload
+    return load_torch_file(path, FORMAT, VERSION, "forecast-model checkpoint", "train one with `aivarda train-model`")
 
 
 def model_from_checkpoint(payload: dict[str, Any], *, checkpoint: bool = False) -> NeuralForecastModel:

@@ -43,10 +43,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from aivarda.config import DataConfig
-from aivarda.data.sources import FieldSource, Wb2ZarrSource, layout_from_channels, store_layout
+from aivarda.data.sources import (
+    FieldSource,
+    Wb2ZarrSource,
+    layout_from_channels,
+    store_layout,
+)
 from aivarda.data.stats import NormStats, load_or_compute_norm_stats
 from aivarda.errors import ConfigError, DataError
-from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict, read_checkpoint, save_checkpoint
+from aivarda.models.checkpoint import (
+    build_forecast_model,
+    checkpoint_dict,
+    read_checkpoint,
+    save_checkpoint,
+)
 from aivarda.models.config import TrainConfig, TrainDataConfig, load_train_config
 from aivarda.models.normalised import NeuralForecastModel
 

@@ -11,7 +11,11 @@ used both to simulate observations and in the variational cost. A cycle uses the
     J_o = 0.5 * (((H(x_window) - used.value) / used.error_std) ** 2).sum()
 """
 
-from aivarda.observations.config import DEFAULT_GROSS_LIMITS, ObservationConfig, QCConfig
+from aivarda.observations.config import (
+    DEFAULT_GROSS_LIMITS,
+    ObservationConfig,
+    QCConfig,
+)
 from aivarda.observations.io import load_obs, save_obs
 from aivarda.observations.obsset import ObsSet, QCFlag
 from aivarda.observations.operators import (
@@ -26,7 +30,12 @@ from aivarda.observations.operators import (
     bilinear_stencil,
     build_operator,
 )
-from aivarda.observations.qc import background_check, channel_std_at_obs, gross_check, quality_control
+from aivarda.observations.qc import (
+    background_check,
+    channel_std_at_obs,
+    gross_check,
+    quality_control,
+)
 from aivarda.observations.simulator import ObservationSimulator
 
 __all__ = [

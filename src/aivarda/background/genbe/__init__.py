@@ -1,7 +1,12 @@
 """GEN_BE static background error (WRFDA-style): NMC samples, fitting on the sphere, and the
 control-variable transform ``U`` (DESIGN §5)."""
 
-from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, control_variables, fit_genbe
+from aivarda.background.genbe.fit import (
+    FitSettings,
+    GenBeStatistics,
+    control_variables,
+    fit_genbe,
+)
 from aivarda.background.genbe.sphere import EARTH_RADIUS, Regrid, SphereOps
 from aivarda.background.genbe.transform import GenBeConfig, GenBeTransform
 

@@ -38,10 +38,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aivarda.background.genbe.sphere import EARTH_RADIUS, Regrid, SphereOps
 from aivarda.channels import ChannelLayout
 from aivarda.errors import DataError
+from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
-from aivarda.background.genbe.sphere import EARTH_RADIUS, Regrid, SphereOps
 
 FORMAT = "aivarda-genbe"
 VERSION = 1
@@ -131,28 +132,14 @@ class GenBeStatistics:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (``path.tmp`` then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        """Write atomically."""
+        return save_torch_file(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> GenBeStatistics:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: GEN_BE statistics file not found (create it with `aivarda learn-b genbe`)")
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 — an unreadable file is a user error
-            raise DataError(f"{path}: not a readable torch file ({type(exc).__name__})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise DataError(f"{path}: not an aivarda GEN_BE statistics file (no format={FORMAT!r})")
-        if int(d.get("version", 0)) > VERSION:
-            raise DataError(f"{path}: GEN_BE statistics version {d['version']} is newer than this aivarda ({VERSION})")
-        return cls.from_dict(d)
+        return cls.from_dict(
+            load_torch_file(path, FORMAT, VERSION, "GEN_BE statistics file", "create it with `aivarda learn-b genbe`")
+        )
 
 
 def control_variables(layout: ChannelLayout) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from aivarda.background.genbe.sphere import Regrid
 from aivarda.channels import ChannelLayout
 from aivarda.data.sources import FieldSource, format_time
 from aivarda.errors import DataError
+from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel
 
@@ -56,10 +57,9 @@ class NmcSamples:
         return int(self.samples.shape[0])
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
+        """Write atomically."""
+        return save_torch_file(
+            path,
             {
                 "format": FORMAT,
                 "version": VERSION,
@@ -71,22 +71,11 @@ class NmcSamples:
                 "kind": self.kind,
                 "metadata": self.metadata,
             },
-            tmp,
         )
-        tmp.replace(path)
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> NmcSamples:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: NMC sample file not found (create it with `aivarda learn-b nmc`)")
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 — an unreadable file is a user error
-            raise DataError(f"{path}: not a readable torch file ({type(exc).__name__})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise DataError(f"{path}: not an aivarda NMC sample file (no format={FORMAT!r})")
+        d = load_torch_file(path, FORMAT, VERSION, "NMC sample file", "create it with `aivarda learn-b nmc`")
         return cls(
             d["samples"],
             np.array(d["valid_times"], dtype="datetime64[ns]"),

@@ -28,7 +28,11 @@ from torch import Tensor
 
 from aivarda.background.genbe.fit import GenBeStatistics
 from aivarda.background.genbe.sphere import Regrid, SphereOps
-from aivarda.background.registry import TransformConfig, TransformContext, register_transform
+from aivarda.background.registry import (
+    TransformConfig,
+    TransformContext,
+    register_transform,
+)
 from aivarda.background.transforms import ControlTransform, _batch_shape
 from aivarda.errors import ConfigError
 from aivarda.paths import aivarda_home
