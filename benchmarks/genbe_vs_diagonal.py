@@ -152,7 +152,9 @@ def tables(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def increment_figure(diagonal_run: Path, genbe_run: Path, grid: Grid, path: Path, channel: str = "z500") -> None:
+def increment_figure(
+    diagonal_run: Path, genbe_run: Path, grid: Grid, path: Path, channel: str = "z500", units: str = ""
+) -> None:
     """Three maps of ``channel`` at one analysis time, one colour scale: the background error to be
     corrected (truth − background), and the GEN_BE and diagonal-B increments (analysis − background)."""
     import matplotlib
@@ -175,7 +177,7 @@ def increment_figure(diagonal_run: Path, genbe_run: Path, grid: Grid, path: Path
     vmax = max(float(abs(f).max()) for _, f in fields)
     fig, axes = plt.subplots(3, 1, figsize=(8.0, 11.5), constrained_layout=True)
     for ax, (title, f) in zip(axes, fields, strict=True):
-        plot_map(f, grid, title=f"{channel} {title} at {when}", units="m² s⁻²", ax=ax, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        plot_map(f, grid, title=f"{channel} {title} at {when}", units=units, ax=ax, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -212,9 +214,10 @@ def main() -> None:
     if args.figure is not None:
         from aivarda.data.sources import open_source
 
-        grid = open_source(load_config(args.diagonal, AnalyseConfig).data).grid
+        source = open_source(load_config(args.diagonal, AnalyseConfig).data)
         stamp = args.times[0].replace(":", "")
-        increment_figure(run_root / "diagonal" / stamp, run_root / "genbe" / stamp, grid, args.figure)
+        units = source.layout.channel("z500").units
+        increment_figure(run_root / "diagonal" / stamp, run_root / "genbe" / stamp, source.grid, args.figure, "z500", units)
 
 
 if __name__ == "__main__":
