@@ -268,3 +268,36 @@ def test_init_from_a_different_architecture_is_a_config_error(synthetic_store, t
     cfg = train_config(synthetic_store, tmp_path / "run", init_from=str(tmp_path / "other.pt"))
     with pytest.raises(ConfigError, match="does not fit model.architecture"):
         train(validate(TrainConfig, cfg, "cfg"), progress=False)
+
+
+def test_linear_prior_is_fitted_before_training_and_travels_with_the_checkpoint(synthetic_store, tmp_path):
+    """The synthetic waves are a linear, rotation-equivariant dynamics: the fitted spectral LIM alone
+    (the network starts at zero) nearly solves them; resume and checkpoints keep the prior."""
+    model_spec = {**train_config(synthetic_store, tmp_path)["model"],
+                  "linear_prior": {"lmax": 16, "modes": 24, "ridge": 1e-6}}
+    cfg_a = validate(TrainConfig, train_config(synthetic_store, tmp_path / "a", model=model_spec, epochs=1), "cfg")
+    summary = train(cfg_a, progress=False)
+    assert summary["linear_prior_fit"]["pairs"] == 34
+    assert summary["linear_prior_fit"]["explained_tendency_variance"] > 0.95
+    payload = read_checkpoint(tmp_path / "a" / "last.pt")
+    assert payload["linear_prior"]["config"]["modes"] == 24
+    assert payload["metadata"]["linear_prior_fit"] == summary["linear_prior_fit"]
+
+    model = load_forecast_model(tmp_path / "a" / "last.pt")
+    assert model.prior is not None and bool(model.prior.fitted)
+    src = Wb2ZarrSource(synthetic_store, LAYOUT, span="train")
+    x = src.states(src.times[-5:])
+    with torch.no_grad():
+        err_model = (model.step(x[:-1]) - x[1:]).square().mean()
+    assert err_model < 0.05 * (x[:-1] - x[1:]).square().mean()
+
+    # interrupted, then resumed: the prior comes from last.pt, not refitted, and the weights match
+    cfg_b = validate(TrainConfig, train_config(synthetic_store, tmp_path / "b", model=model_spec, epochs=1), "cfg")
+    train(cfg_b, stop_after=3, progress=False)
+    resumed = train(cfg_b, resume=True, progress=False)
+    assert resumed["linear_prior_fit"] == summary["linear_prior_fit"]
+    b = read_checkpoint(tmp_path / "b" / "last.pt")
+    for key, value in payload["state_dict"].items():
+        assert torch.equal(b["state_dict"][key], value), key
+    for key, value in payload["linear_prior"]["state_dict"].items():
+        assert torch.equal(b["linear_prior"]["state_dict"][key], value), key

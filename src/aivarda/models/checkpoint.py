@@ -8,6 +8,7 @@ Format (a dict of plain Python values and tensors, loadable with ``torch.load(we
     norm_stats:   NormStats.to_dict()               # mean, std, diff_mean, diff_std [C], diff_hours, channels
     grid:         Grid.to_dict();  layout: ChannelLayout.to_dict()
     dt: hours;    residual: bool
+    linear_prior (optional): {config: LinearPriorConfig, state_dict: SpectralLIM buffers}
     metadata:     training metadata (config, step, losses, data store, versions)
     training_state (optional, last.pt only): optimizer, scheduler, step, RNG states for --resume
 """
@@ -28,6 +29,7 @@ from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel
 from aivarda.models.config import ModelConfig
+from aivarda.models.linear_prior import LinearPriorConfig, SpectralLIM
 from aivarda.models.normalised import NeuralForecastModel, identity_stats
 from aivarda.models.registry import architecture_config
 
@@ -44,11 +46,16 @@ def build_forecast_model(
     *,
     residual: bool = True,
     checkpoint: bool = False,
+    linear_prior: LinearPriorConfig | dict[str, Any] | None = None,
 ) -> NeuralForecastModel:
-    """A fresh (untrained) model of a registered architecture."""
+    """A fresh (untrained) model of a registered architecture, with an unfitted linear prior
+    (:class:`~aivarda.models.linear_prior.SpectralLIM`) when ``linear_prior`` is given."""
     arch = architecture_config(architecture)
+    prior = None
+    if linear_prior is not None:
+        prior = SpectralLIM(linear_prior, grid, layout.n_channels)
     model = NeuralForecastModel(
-        arch.build(grid, layout), stats, dt, grid, layout, residual=residual, checkpoint=checkpoint
+        arch.build(grid, layout), stats, dt, grid, layout, residual=residual, checkpoint=checkpoint, prior=prior
     )
     model.architecture = arch.model_dump(mode="json")
     return model
@@ -59,6 +66,12 @@ def checkpoint_dict(model: NeuralForecastModel, metadata: dict[str, Any] | None 
     if model.grid is None or model.layout is None or model.architecture is None:
         raise DataError("a checkpoint needs the model's architecture, grid and channel layout (use build_forecast_model)")
     arch = model.architecture
+    prior = None
+    if model.prior is not None:
+        prior = {
+            "config": model.prior.cfg.model_dump(mode="json"),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.prior.state_dict().items()},
+        }
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -69,6 +82,7 @@ def checkpoint_dict(model: NeuralForecastModel, metadata: dict[str, Any] | None 
         "layout": model.layout.to_dict(),
         "dt": model.dt,
         "residual": model.residual,
+        "linear_prior": prior,
         "metadata": json.loads(json.dumps(metadata or {}, default=str)),
     }
 
@@ -95,8 +109,11 @@ def model_from_checkpoint(payload: dict[str, Any], *, checkpoint: bool = False) 
         float(payload["dt"]),
         residual=bool(payload.get("residual", True)),
         checkpoint=checkpoint,
+        linear_prior=(payload.get("linear_prior") or {}).get("config"),
     )
     model.net.load_state_dict(payload["state_dict"])
+    if model.prior is not None:
+        model.prior.load_state_dict(payload["linear_prior"]["state_dict"])
     model.metadata = payload.get("metadata", {})
     return model.eval()
 

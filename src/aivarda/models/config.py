@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from aivarda.config import DataConfig, Hours, StrictModel, load_config
+from aivarda.models.linear_prior import LinearPriorConfig
 from aivarda.paths import aivarda_home
 
 
@@ -60,6 +61,9 @@ class ModelSpec(StrictModel):
     architecture: dict[str, Any] = Field(description="{name: fengwu|sfno|module, ...hyper-parameters}")
     dt: Hours = Field(6.0, description="step length, e.g. '6h' or '1h'")
     residual: bool = True
+    linear_prior: LinearPriorConfig | None = Field(
+        None, description="spectral linear inverse model under the network, fitted before training"
+    )
 
 
 class TrainDataConfig(DataConfig):

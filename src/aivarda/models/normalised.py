@@ -4,7 +4,10 @@ The network ``f`` sees and predicts normalised quantities only. With per-channel
 ``μ, σ`` (state mean/std) and ``μ_Δ, σ_Δ`` (mean/std of the ``dt`` tendency ``x_{t+dt} − x_t``):
 
 * residual prediction (default): ``x_{t+dt} = x_t + σ_Δ · f((x_t − μ)/σ) + μ_Δ``;
-* full-state prediction:        ``x_{t+dt} = μ + σ · f((x_t − μ)/σ)``.
+* full-state prediction:        ``x_{t+dt} = μ + σ · f((x_t − μ)/σ)``;
+* with a linear prior ``P`` (a fitted :class:`~aivarda.models.linear_prior.SpectralLIM` on
+  normalised states), the network learns what the linear model misses:
+  ``x_{t+dt} = μ + σ · P((x_t − μ)/σ) + σ_Δ · f((x_t − μ)/σ)``.
 
 States are physical-unit tensors ``[..., C, H, W]`` (any number of leading batch dimensions,
 e.g. ensemble members; none for a single state). Every step is differentiable; with
@@ -61,6 +64,7 @@ class NeuralForecastModel(nn.Module):
         grid, layout: the grid and channel layout of the states (checked against ``stats``).
         residual: residual (tendency) prediction, see the module docstring.
         checkpoint: activation checkpointing of every step in :meth:`forecast`.
+        prior: optional linear prior ``P`` (normalised state → normalised state ``dt`` later).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class NeuralForecastModel(nn.Module):
         *,
         residual: bool = True,
         checkpoint: bool = False,
+        prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         s = as_norm_stats(stats)
@@ -82,6 +87,7 @@ class NeuralForecastModel(nn.Module):
                 f"the model's layout has {list(layout.names)[:6]}… ({layout.n_channels})"
             )
         self.net = net
+        self.prior = prior
         self.dt = float(dt)
         self.grid = grid
         self.layout = layout
@@ -113,11 +119,17 @@ class NeuralForecastModel(nn.Module):
     def _step(self, x: Tensor) -> Tensor:
         lead = x.shape[:-3]
         xb = x.reshape(-1, *x.shape[-3:])
-        y = self.net(self.normalise(xb))
+        z = self.normalise(xb)
+        y = self.net(z)
         if y.shape != xb.shape:
             raise DataError(f"forecast network returned shape {tuple(y.shape)} for input {tuple(xb.shape)}")
         y = y.to(xb.dtype)
-        out = xb + self.diff_std * y + self.diff_mean if self.residual else self.denormalise(y)
+        if self.prior is not None:
+            out = self.denormalise(self.prior(z)) + self.diff_std * y
+        elif self.residual:
+            out = xb + self.diff_std * y + self.diff_mean
+        else:
+            out = self.denormalise(y)
         return out.reshape(*lead, *x.shape[-3:])
 
     def step(self, x: Tensor) -> Tensor:

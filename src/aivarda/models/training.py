@@ -269,14 +269,17 @@ class Trainer:
         self.source = source
         self.model = build_forecast_model(
             cfg.model.architecture, stats, source.grid, source.layout, dt,
-            residual=cfg.model.residual, checkpoint=cfg.grad_checkpointing,
+            residual=cfg.model.residual, checkpoint=cfg.grad_checkpointing, linear_prior=cfg.model.linear_prior,
         )
+        self.prior_fit: dict[str, float] | None = None
         if start is not None:
             try:
                 self.model.net.load_state_dict(start["state_dict"])
-            except RuntimeError as exc:
+                if self.model.prior is not None:
+                    self.model.prior.load_state_dict((start.get("linear_prior") or {})["state_dict"])
+            except (RuntimeError, KeyError, TypeError) as exc:
                 first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-                raise ConfigError(f"init_from: {cfg.init_from} does not fit model.architecture ({first})") from None
+                raise ConfigError(f"init_from: {cfg.init_from} does not fit model.architecture/linear_prior ({first})") from None
         self.model.to(info.device)
         self.local_rollout = Rollout(self.model)
         self.rollout: nn.Module = self.local_rollout
@@ -306,6 +309,19 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.step, self.best_val = 0, math.inf
 
+    def fit_prior(self, source: FieldSource) -> dict[str, float]:
+        """Least-squares fit of the linear prior on the one-step pairs of the training span
+        (every process fits the same, deterministically)."""
+        from aivarda.models.linear_prior import fit_linear_prior
+
+        dt = self.cfg.model.dt
+        pairs_ds = TrajectoryDataset(source, trajectory_starts(source.times, dt, 1), dt, 1, cache=False)
+        loader = DataLoader(pairs_ds, batch_size=16, num_workers=self.cfg.num_workers)
+        model = self.model.cpu()
+        pairs = [(model.normalise(b[:, 0]), model.normalise(b[:, 1])) for b in loader]
+        weights = torch.as_tensor(source.grid.weights, dtype=torch.float32)
+        return fit_linear_prior(self.model.prior, pairs, weights, progress=self.progress)
+
     # ------------------------------------------------------------------ checkpoints
     def metadata(self, epoch: int, train_loss: float, val_loss: float) -> dict[str, Any]:
         return {
@@ -319,6 +335,7 @@ class Trainer:
             "train_span": self.cfg.data.train_span,
             "world_size": self.info.world_size,
             "torch": torch.__version__,
+            "linear_prior_fit": self.prior_fit,
         }
 
     def save(self, name: str, epoch: int, train_loss: float, val_loss: float, training_state: bool) -> None:
@@ -345,6 +362,9 @@ class Trainer:
         if "training_state" not in payload:
             raise DataError(f"{last}: checkpoint has no training state to resume from")
         self.model.net.load_state_dict(payload["state_dict"])
+        if self.model.prior is not None:
+            self.model.prior.load_state_dict(payload["linear_prior"]["state_dict"])
+            self.prior_fit = payload["metadata"].get("linear_prior_fit")
         state = payload["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -396,6 +416,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        if self.model.prior is not None and not bool(self.model.prior.fitted):
+            self.prior_fit = self.fit_prior(self.source)
+            self.model.to(self.info.device)
         if self.rank0:
             self.out.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.cfg.name}", unit="step",
@@ -448,6 +471,7 @@ class Trainer:
             "val_trajectories": len(self.val_ds),
             "parameters": sum(p.numel() for p in self.model.net.parameters()),
             "world_size": self.info.world_size,
+            "linear_prior_fit": self.prior_fit,
             "output_dir": str(self.out),
         }
 
