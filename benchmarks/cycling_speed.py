@@ -1,13 +1,15 @@
 """Seconds per stage of 3DVar cycling, and the projected time of a month (124 cycles of 6 h).
 
-    python benchmarks/cycling_speed.py [--cycles 6] [--members 8] [--device cpu] [--json]
+    python benchmarks/cycling_speed.py [--cycles 6] [--members 8] [--genbe FILE|none] [--device cpu] [--json]
 
 World: ``--store`` (any WB2-layout store with 6-hourly states), else the default nature run (T42)
 when it is cached under ``$AIVARDA_HOME``, else the tiny one (T21; spun up from rest when the
 shipped spun-up state is missing). Model: the shipped
 ``fengwu_6h.pt`` when it exists, else an untrained FengWu-style network of ``--arch`` (JSON) with the
-store's statistics, saved to a temporary checkpoint. Runs ``--cycles`` cycles of 3DVar with a
-diagonal B and the seeds' observing system (the first cycle is a warm-up and not counted), and
+store's statistics, saved to a temporary checkpoint. B: the GEN_BE statistics ``--genbe`` (default
+``$AIVARDA_HOME/b/genbe_learn_b_genbe.pt``, the one ``configs/exp_3DVar.yaml`` uses, when it exists;
+``none`` or a missing default: a diagonal B). Runs ``--cycles`` cycles of 3DVar (4 × 5 iterations,
+as ``exp_3DVar``) with the seeds' observing system (the first cycle is a warm-up and not counted), and
 prints the mean seconds per cycle of each stage (forecast, observations, minimisation, I/O), the
 one-off set-up (statistics, initial time-lagged members) and ``124 × mean cycle``.
 """
@@ -32,6 +34,7 @@ from aivarda.data.nature_run import (
     default_store_path,
     ensure_nature_run,
 )
+from aivarda.paths import aivarda_home
 
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
 DEFAULT_ARCH = {"name": "fengwu", "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 4, "window": [4, 8]}
@@ -73,8 +76,12 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=8, help="dynamic_member (forecast leads per cycle)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--arch", type=json.loads, default=DEFAULT_ARCH, help="architecture of the untrained model")
+    ap.add_argument("--genbe", default=str(aivarda_home() / "b" / "genbe_learn_b_genbe.pt"),
+                    help="GEN_BE statistics file, or 'none' for a diagonal B")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    genbe = None if args.genbe == "none" or not Path(args.genbe).is_file() else Path(args.genbe)
+    b = {"type": "genbe", "file": str(genbe)} if genbe else {"type": "diagonal"}
 
     store, world_name = world(args.store)
     from aivarda.data.sources import Wb2ZarrSource
@@ -100,7 +107,7 @@ def main() -> None:
                 "dynamic_member": args.members,
                 "gap": gap,
                 "device": args.device,
-                "assimilation": {"method": "3dvar", "background_error": {"type": "diagonal"}, "outer_loops": 4,
+                "assimilation": {"method": "3dvar", "background_error": b, "outer_loops": 4,
                                  "inner_iterations": 5},
                 "model": {"checkpoint": model},
                 "output_dir": str(folder / "run"),
@@ -119,6 +126,7 @@ def main() -> None:
         "world": world_name,
         "model": "shipped fengwu_6h.pt" if DEFAULT_MODEL.is_file() else f"untrained {args.arch}",
         "device": args.device,
+        "background_error": str(genbe) if genbe else "diagonal",
         "cycles": len(rows),
         "members": args.members,
         "gap": gap,
@@ -129,7 +137,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{world_name}, model: {result['model']}, device {args.device}, {args.members} members")
+    print(f"{world_name}, model: {result['model']}, B: {result['background_error']}, device {args.device}, "
+          f"{args.members} members")
     print(f"mean seconds per cycle over {len(timed)} cycles (after a warm-up cycle):")
     for s in STAGES:
         print(f"  {s:<13} {mean[s]:8.3f}")

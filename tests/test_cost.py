@@ -77,14 +77,14 @@ def l96_problem(window: int = 3, steps: int = 2, checkpointing: bool = True, flo
 
 
 def test_value_matches_hand_computation() -> None:
-    """J = ½‖z‖² + (1/λ)·½ Σ (H M(x_b+Uz) − y)² / (σ² + (flow_error·t)²)."""
+    """J = ½‖z‖² + (1/λ)·½ Σ (H M(x_b+Uz) − y)² / (σ²·(1 + (flow_error·t)²))."""
     cost, model, obs = l96_problem()
     z = torch.randn(40, dtype=DT, generator=torch.Generator().manual_seed(7))
     x0 = cost.background + cost.transform.sqrt @ z
     states = [x0, model.forecast(x0, 2), model.forecast(x0, 4)]
     op = cost.operator
     hx = torch.stack([states[int(t)][int(i)] for t, i in zip(op.time_index, op.flat_index)])
-    var = obs.error_std**2 + (0.3 * obs.time_index.to(DT)) ** 2
+    var = obs.error_std**2 * (1 + (0.3 * obs.time_index.to(DT)) ** 2)
     d = hx - obs.value
     j_o = 0.5 / 2.0 * (d**2 / var).sum()
     terms = cost(z)
@@ -94,10 +94,10 @@ def test_value_matches_hand_computation() -> None:
 
 
 def test_flow_error_inflates_later_times() -> None:
-    """R_t = σ² + (flow_error·t)²: pure observation error at t = 0, larger later."""
+    """R_t = σ²·(1 + (flow_error·t)²): pure observation error at t = 0, larger later."""
     cost, _, obs = l96_problem(flow_error=0.3)
     t = obs.time_index
-    expected = obs.error_std**2 + (0.3 * t.to(DT)) ** 2
+    expected = obs.error_std**2 * (1 + (0.3 * t.to(DT)) ** 2)
     torch.testing.assert_close(1.0 / cost.inverse_variance, expected)
     assert bool((t == 0).any()) and bool((t > 0).any())
     torch.testing.assert_close(1.0 / cost.inverse_variance[t == 0], obs.error_std[t == 0] ** 2)

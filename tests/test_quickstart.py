@@ -31,3 +31,39 @@ def test_quickstart_tiny_runs_every_stage(tiny_nature_run: Path, tmp_path: Path,
     assert main(["quickstart", "--tiny", "--json", "--out", str(tmp_path)]) == 0
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
     assert (run_dir / "report.json").read_bytes() == before
+
+
+def test_cycling_quickstart_with_shipped_models(
+    tiny_nature_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The path taken when the trained models are shipped, on the tiny world with stand-in models
+    of its grid (untrained FengWu networks: persistence plus the mean tendency)."""
+    from aivarda.channels import ChannelLayout
+    from aivarda.cycling import config as cycling_config
+    from aivarda.data.sources import Wb2ZarrSource
+    from aivarda.data.stats import load_or_compute_norm_stats
+    from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict, save_checkpoint
+    from aivarda.quickstart import CYCLING_METHODS, cycling_quickstart
+
+    layout = ChannelLayout.fengwu69()
+    source = Wb2ZarrSource(tiny_nature_run, layout, span="train")
+    arch = {"name": "fengwu", "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2, "window": [2, 4]}
+    for name, dt in (("fengwu_6h.pt", 6.0), ("fengwu_1h.pt", 1.0)):
+        stats = load_or_compute_norm_stats(source, diff_hours=6.0, progress=False)
+        model = build_forecast_model(arch, stats, source.grid, layout, dt)
+        save_checkpoint(tmp_path / name, checkpoint_dict(model))
+    monkeypatch.setattr(cycling_config, "DEFAULT_MODEL", tmp_path / "fengwu_6h.pt")
+    monkeypatch.setattr(cycling_config, "DEFAULT_FLOW_MODEL", tmp_path / "fengwu_1h.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cycling_quickstart(tiny_nature_run, out, quiet=True, tiny=True) == 0
+    summary = json.loads((out / "report.json").read_text())
+    runs = {r["name"]: r for r in summary["runs"]}
+    assert set(runs) == set(CYCLING_METHODS)
+    assert all(Path(f).is_file() for f in summary["figures"])
+    # 4 cycles each; GEN_BE analyses beat the free run, 4DVar (a 3-h window of hourly observations) too
+    none, var3, var4 = runs["none"], runs["3dvar"], runs["4dvar"]
+    assert none["cycles"] == var3["cycles"] == var4["cycles"] == 4
+    for run in (var3, var4):
+        rmse = run["mean_rmse"]["z500"]
+        assert rmse["analysis"] < 0.8 * none["mean_rmse"]["z500"]["analysis"]

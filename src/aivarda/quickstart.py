@@ -4,15 +4,15 @@ Stages (each cached under ``$AIVARDA_HOME`` after the first run):
 
 1. a short Held–Suarez nature run at T42 from the shipped spun-up state (two weeks 6-hourly for
    statistics, two days hourly to assimilate in);
-2. its normalisation statistics;
+2. GEN_BE statistics fitted from 48-h lagged-truth differences of its two weeks (the model-free
+   stand-in for NMC samples, cached);
 3. with the shipped trained models (``aivarda/assets/fengwu_6h.pt`` and ``fengwu_1h.pt``):
    cycling experiments over the two hourly days (8 cycles of 6 h) with the seeds' observing system
    (5 % of the grid columns, all 69 channels, σ_o = 0.01 σ_clim with temperatures × 0.25, noise
-   added, 15 % withheld) for ``none`` (free run), ``3dvar`` and ``4dvar`` (a 3-hour window of the
-   1-hour model), each starting from a 48-h forecast of the truth, then the ``aivarda report``
-   table and figures;
-   without them (and with ``--tiny``): GEN_BE statistics fitted from lagged-truth differences
-   (the model-free stand-in for NMC samples, cached), then one analysis per experiment of
+   added, 15 % withheld) and the GEN_BE B for ``none`` (free run), ``3dvar`` and ``4dvar`` (a
+   3-hour window of the 1-hour model), each starting from a 48-h forecast of the truth, then the
+   ``aivarda report`` table and figures;
+   without them (and with ``--tiny``): one analysis per experiment of
    :data:`SINGLE_ANALYSES` (no DA, 3DVar with a diagonal B, 3DVar with GEN_BE) at the first
    evaluation time from the same observations, the background being the truth 48 h earlier (a
    persistence forecast);
@@ -26,6 +26,8 @@ import argparse
 import json
 from datetime import datetime
 from pathlib import Path
+
+import numpy as np
 
 from aivarda.assimilation.single_analysis import (
     AnalyseConfig,
@@ -109,10 +111,20 @@ def analysis_config(
     )
 
 
-def cycling_config(store: Path, method: str, out: Path) -> CyclingConfig:
-    """The quickstart's cycling experiment for ``method``: 8 cycles over the hourly days, the
-    shipped models, diagonal B, first background a 48-h forecast of the truth."""
-    assimilation: dict = {"method": method, "background_error": {"type": "diagonal"}, "outer_loops": 2, "inner_iterations": 5}
+def cycling_config(store: Path, method: str, out: Path, genbe: Path, tiny: bool = False) -> CyclingConfig:
+    """The quickstart's cycling experiment for ``method``: 6-hourly cycles over the store's hourly
+    ``eval`` span (8 cycles; 4 with ``tiny``), the shipped models, the GEN_BE static B of
+    :func:`genbe_statistics`, first background a 48-h forecast of the truth (``gap: 8``)."""
+    from aivarda.data.sources import Wb2ZarrSource, format_time, store_layout
+
+    start = Wb2ZarrSource(store, store_layout(store), span="eval").times[0]
+    end = start + np.timedelta64(18 if tiny else 42, "h")
+    assimilation: dict = {
+        "method": method,
+        "background_error": {"type": "genbe", "file": str(genbe)},
+        "outer_loops": 2,
+        "inner_iterations": 5,
+    }
     if method == "4dvar":
         assimilation["da_win"] = 3
     return validate(
@@ -120,8 +132,8 @@ def cycling_config(store: Path, method: str, out: Path) -> CyclingConfig:
         {
             "name": method,
             "data": {"source": "zarr", "path": str(store)},
-            "start_time": "2000-01-15T00:00",
-            "end_time": "2000-01-16T18:00",
+            "start_time": format_time(start),
+            "end_time": format_time(end),
             "dynamic_member": 1,
             "gap": 8,
             "assimilation": assimilation,
@@ -132,8 +144,8 @@ def cycling_config(store: Path, method: str, out: Path) -> CyclingConfig:
     )
 
 
-def cycling_quickstart(store: Path, out: Path, quiet: bool) -> int:
-    """No-DA, 3DVar and 4DVar cycling with the shipped models, then the report."""
+def cycling_quickstart(store: Path, out: Path, quiet: bool, tiny: bool = False) -> int:
+    """GEN_BE statistics, then no-DA, 3DVar and 4DVar cycling with the shipped models, then the report."""
     from aivarda.cycling.runner import run_experiment
     from aivarda.evaluation.report import (
         format_table,
@@ -142,9 +154,12 @@ def cycling_quickstart(store: Path, out: Path, quiet: bool) -> int:
         run_summary,
     )
 
+    stages = 2 + len(CYCLING_METHODS)
+    print(f"[2/{stages}] GEN_BE statistics from {_lag(tiny)} lagged-truth differences …", flush=True)
+    genbe = genbe_statistics(store, tiny, progress=not quiet)
     for i, method in enumerate(CYCLING_METHODS):
-        print(f"[{2 + i}/{1 + len(CYCLING_METHODS)}] {method} cycling …", flush=True)
-        cfg = cycling_config(store, method, out)
+        print(f"[{3 + i}/{stages}] {method} cycling …", flush=True)
+        cfg = cycling_config(store, method, out, genbe, tiny)
         run_experiment(cfg, cfg.output_dir, progress=not quiet)
     runs = [load_run(out / m) for m in CYCLING_METHODS]
     figures = plot_report(runs, out / "report")
@@ -175,7 +190,7 @@ def main(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "json", False))
     out = new_run_dir(Path(args.out))
     cycling = default_models_available() and not tiny
-    stages = 1 + (len(CYCLING_METHODS) if cycling else 1 + len(SINGLE_ANALYSES))
+    stages = 2 + (len(CYCLING_METHODS) if cycling else len(SINGLE_ANALYSES))
     print(f"[1/{stages}] nature run ({'tiny' if tiny else 'T42, 16 days'}) …", flush=True)
     store = ensure_nature_run(quickstart_nature_run(tiny), progress=not quiet)
     if cycling:

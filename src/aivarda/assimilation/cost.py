@@ -16,10 +16,10 @@
   ``H: [T, *S] → [N]`` (any differentiable callable; the ``ObservationOperator`` protocol);
   observation ``j`` has value ``y_j``, error std ``σ_j`` and window time ``t_j`` (the ObsSet
   fields ``value``, ``error_std``, ``time_index``).
-- ``R_t`` is diagonal with the observation-error variance inflated by a flow (model) error that
-  grows linearly with the window time: ``σ²_{j} = σ_j² + (flow_error · t_j)²``
-  (``flow_error`` in observation units per window time; 0 by default, so ``R_0`` is always the
-  pure observation error).
+- ``R_t`` is diagonal with the observation-error variance inflated by a flow (model) error whose
+  std grows linearly with the window time, in units of the observation's own error std (so one
+  number serves every variable): ``σ²_{j,t} = σ_j² · (1 + (flow_error · t_j)²)`` (0 by default,
+  and ``R_0`` is always the pure observation error).
 - ``λ = bg_lamb`` weights the observation term by ``1/λ``.
 
 The code never looks at the state shape: a ``[40]`` Lorenz-96 state and a ``[69, H, W]``
@@ -118,7 +118,7 @@ class VariationalCost:
         self.checkpointing = checkpointing
         self.y = y
         self.time_index = t
-        self.inverse_variance = 1.0 / (std**2 + (self.flow_error * t.to(dtype)) ** 2)
+        self.inverse_variance = 1.0 / (std**2 * (1.0 + (self.flow_error * t.to(dtype)) ** 2))
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -39,7 +39,9 @@ class AssimilationConfig(StrictModel):
     da_win: int = Field(default=1, ge=1, description="window times T (1: 3D, > 1: 4D)")
     steps_per_time: int = Field(default=1, ge=1, description="model steps between consecutive window times")
     bg_lamb: float = Field(default=1.0, gt=0, description="λ: the observation term is weighted by 1/λ")
-    flow_error: float = Field(default=0.0, ge=0, description="σ_t² = σ_o² + (flow_error·t)²")
+    flow_error: float = Field(
+        default=0.0, ge=0, description="model-error std per window time in units of σ_o: σ_t² = σ_o²·(1 + (flow_error·t)²)"
+    )
     outer_loops: int = Field(default=4, ge=1)
     inner_iterations: int = Field(default=5, ge=1)
     history_size: int = Field(default=10, ge=1)

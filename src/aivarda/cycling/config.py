@@ -37,8 +37,8 @@ from aivarda.config import Duration, ExperimentConfig, StrictModel
 from aivarda.errors import ConfigError
 from aivarda.models.config import ModelConfig
 from aivarda.observations.config import ObservationConfig
+from aivarda.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = ASSETS / "fengwu_6h.pt"
 """The shipped 6-hour forecast model (cycling, forecasts, ensemble)."""
 DEFAULT_FLOW_MODEL = ASSETS / "fengwu_1h.pt"

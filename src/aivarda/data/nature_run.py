@@ -52,9 +52,9 @@ from aivarda.config import StrictModel
 from aivarda.errors import AivardaError, DataError
 from aivarda.files import atomic_write
 from aivarda.grid import Grid
-from aivarda.paths import aivarda_home
+from aivarda.paths import ASSETS, aivarda_home
 
-SPINUP_ASSET = Path(__file__).resolve().parents[1] / "assets" / "held_suarez_t42_spinup.npz"
+SPINUP_ASSET = ASSETS / "held_suarez_t42_spinup.npz"
 Q_KEY = "specific_humidity"
 STEP_FILTER = {"tau": 0.0087504, "order": 1.5, "cutoff": 0.8}
 GRAVITY = 9.80665  # m s⁻²

@@ -4,7 +4,8 @@
 
 Relative input paths (stores, statistics, checkpoints to start from) are resolved against the
 directory of the YAML file; ``output_dir`` is relative to the working directory. ``${AIVARDA_HOME}``
-in a path is replaced by the cache root (:func:`aivarda.paths.aivarda_home`).
+in a path is replaced by the cache root and ``${AIVARDA_ASSETS}`` by the package's shipped
+artefacts (:func:`aivarda.paths.expand_path`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pydantic import Field, model_validator
 
 from aivarda.config import DataConfig, Hours, StrictModel, load_config
 from aivarda.models.linear_prior import LinearPriorConfig
-from aivarda.paths import aivarda_home
+from aivarda.paths import expand_path
 
 
-def _resolve(path: Path | None, base: Path) -> Path | None:
+def resolve_path(path: Path | None, base: Path) -> Path | None:
+    """``${AIVARDA_HOME}``/``${AIVARDA_ASSETS}``/``~`` expanded, then relative to ``base``."""
     if path is None:
         return None
-    path = Path(str(path).replace("${AIVARDA_HOME}", str(aivarda_home()))).expanduser()
+    path = expand_path(path)
     return path if path.is_absolute() else (base / path).resolve()
 
 
@@ -51,8 +53,8 @@ class ModelConfig(StrictModel):
         return self
 
     def resolve_paths(self, base: Path) -> None:
-        self.checkpoint = _resolve(self.checkpoint, base)
-        self.stats = _resolve(self.stats, base)
+        self.checkpoint = resolve_path(self.checkpoint, base)
+        self.stats = resolve_path(self.stats, base)
 
 
 class ModelSpec(StrictModel):
@@ -79,7 +81,7 @@ class TrainDataConfig(DataConfig):
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)
-        self.stats = _resolve(self.stats, base)
+        self.stats = resolve_path(self.stats, base)
 
 
 class OptimConfig(StrictModel):
@@ -120,15 +122,15 @@ class TrainConfig(StrictModel):
 
     def resolve_paths(self, base: Path) -> None:
         self.data.resolve_paths(base)
-        self.init_from = _resolve(self.init_from, base)
-        self.output_dir = _resolve(self.output_dir, Path.cwd())  # type: ignore[assignment]
+        self.init_from = resolve_path(self.init_from, base)
+        self.output_dir = resolve_path(self.output_dir, Path.cwd())  # type: ignore[assignment]
 
 
 class EvalConfig(StrictModel):
     """``aivarda eval-model [CONFIG]``: lead-time RMSE/ACC against the nature run's ``eval`` span,
     beside persistence and climatology (the time mean of ``clim_span``)."""
 
-    checkpoint: Path = Path("runs/models/fengwu_6h/best.pt")
+    checkpoint: Path = Field(Path("${AIVARDA_ASSETS}/fengwu_6h.pt"), description="default: the shipped 6-hour model")
     data: DataConfig = Field(default_factory=DataConfig)
     span: str = "eval"
     clim_span: str = Field("train", description="span whose time mean is the climatology")
@@ -141,7 +143,7 @@ class EvalConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def resolve_paths(self, base: Path) -> None:
-        self.checkpoint = _resolve(self.checkpoint, base)  # type: ignore[assignment]
+        self.checkpoint = resolve_path(self.checkpoint, base)  # type: ignore[assignment]
         self.data.resolve_paths(base)
 
 

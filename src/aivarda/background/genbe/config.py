@@ -13,15 +13,7 @@ from pydantic import Field, model_validator
 
 from aivarda.config import DataConfig, Duration, StrictModel
 from aivarda.grid import Grid
-from aivarda.models.config import ModelConfig
-from aivarda.paths import aivarda_home
-
-
-def _resolve(path: Path | None, base: Path) -> Path | None:
-    if path is None:
-        return None
-    path = Path(str(path).replace("${AIVARDA_HOME}", str(aivarda_home()))).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+from aivarda.models.config import ModelConfig, resolve_path
 
 
 class GridSection(StrictModel):
@@ -85,8 +77,8 @@ class LearnBConfig(StrictModel):
         self.data.resolve_paths(base)
         if self.nmc.model is not None:
             self.nmc.model.resolve_paths(base)
-        self.samples = _resolve(self.samples, base)
-        self.output = _resolve(self.output, base)
+        self.samples = resolve_path(self.samples, base)
+        self.output = resolve_path(self.output, base)
 
     def nmc_key(self, source_token: str) -> str:
         """16 hex digits identifying the samples the ``nmc`` section makes from a source."""

@@ -35,7 +35,7 @@ from aivarda.background.registry import (
 )
 from aivarda.background.transforms import ControlTransform, _batch_shape
 from aivarda.errors import ConfigError
-from aivarda.paths import aivarda_home
+from aivarda.paths import expand_path
 
 
 class GenBeTransform:
@@ -125,14 +125,9 @@ class GenBeConfig(TransformConfig):
     scale: float = Field(default=1.0, gt=0, description="multiplies U (B by scale²)")
 
 
-def resolve_file(path: Path) -> Path:
-    """``${AIVARDA_HOME}`` and ``~`` expanded."""
-    return Path(str(path).replace("${AIVARDA_HOME}", str(aivarda_home()))).expanduser()
-
-
 @register_transform("genbe", GenBeConfig)
 def _build_genbe(cfg: GenBeConfig, context: TransformContext) -> ControlTransform:
-    stats = GenBeStatistics.load(resolve_file(cfg.file))
+    stats = GenBeStatistics.load(expand_path(cfg.file))
     transform = GenBeTransform(stats, cfg.scale, context.dtype)
     if tuple(context.state_shape) != transform.state_shape:
         raise ConfigError(
