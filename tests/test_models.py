@@ -265,3 +265,43 @@ def test_shipped_configs_build_small_t42_models(name):
     assert model.dt == (1.0 if name.endswith("1h") else 6.0)
     with torch.no_grad():
         assert model.step(torch.randn(1, 69, 64, 128)).shape == (1, 69, 64, 128)
+
+
+@pytest.mark.parametrize(("name", "dt"), [("fengwu_6h.pt", 6.0), ("fengwu_1h.pt", 1.0)])
+def test_shipped_default_models_load_and_step(name, dt):
+    """The trained default weights (docs/models.md): ≤ 20 MB, the nature run's grid and 69 channels,
+    a fitted linear prior, and a finite, differentiable step."""
+    from aivarda.paths import ASSETS
+
+    path = ASSETS / name
+    assert path.stat().st_size <= 20 * 2**20
+    model = load_forecast_model(path)
+    assert model.dt == dt and model.grid == Grid.t42() and model.layout == ChannelLayout.fengwu69()
+    assert model.prior is not None and bool(model.prior.fitted)
+    x = model.mean.expand(1, -1, *model.grid.shape).clone().requires_grad_(True)
+    y = model.step(x)
+    assert y.shape == x.shape and bool(torch.isfinite(y).all())
+    y[:, model.layout.index("z500")].sum().backward()
+    assert bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
+
+
+def test_linear_prior_only_drops_the_network(tmp_path):
+    """``linear_prior_only: true`` keeps the checkpoint's fitted prior and ignores its network; a
+    checkpoint without a prior is a clear error."""
+    from aivarda.models.linear_prior import fit_linear_prior
+
+    arch = {**FENGWU, "zero_init_output": False}
+    model = make(arch, linear_prior={"lmax": 4, "modes": 4})
+    z = torch.randn(12, C, *GRID.shape, generator=torch.Generator().manual_seed(2))
+    fit_linear_prior(model.prior, [(z, torch.roll(z, 1, dims=-1))], torch.ones(GRID.nlat), progress=False)
+    path = save_checkpoint(tmp_path / "m.pt", checkpoint_dict(model.eval()))
+    full = load_forecast_model(path)
+    only = load_forecast_model({"checkpoint": str(path), "linear_prior_only": True})
+    x = random_states(2)
+    with torch.no_grad():
+        expected = full.denormalise(full.prior(full.normalise(x)))
+        assert torch.allclose(only.step(x), expected, atol=1e-5)
+        assert not torch.allclose(full.step(x), expected, atol=1e-3)  # the (random) network does contribute
+    plain = save_checkpoint(tmp_path / "plain.pt", checkpoint_dict(make(FENGWU).eval()))
+    with pytest.raises(ConfigError, match="no linear prior"):
+        load_forecast_model({"checkpoint": str(plain), "linear_prior_only": True})

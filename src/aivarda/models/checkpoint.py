@@ -161,6 +161,10 @@ def load_forecast_model(
             model = _module_model(cfg)
         else:
             model = model_from_checkpoint(read_checkpoint(cfg.checkpoint), checkpoint=cfg.grad_checkpointing)  # type: ignore[arg-type]
+            if cfg.linear_prior_only:
+                if model.prior is None:
+                    raise ConfigError(f"linear_prior_only: {cfg.checkpoint} has no linear prior")
+                model.linear_prior_only()
         device = device or cfg.device
     else:
         model = model_from_checkpoint(read_checkpoint(source))

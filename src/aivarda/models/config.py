@@ -42,6 +42,9 @@ class ModelConfig(StrictModel):
     layout: dict[str, Any] | None = Field(None, description="ChannelLayout.to_dict() (module only)")
     residual: bool = True
     grad_checkpointing: bool = Field(False, description="activation checkpointing of every step")
+    linear_prior_only: bool = Field(
+        False, description="the checkpoint's fitted linear prior alone, without the network (cheap and linear)"
+    )
     device: str = "cpu"
 
     @model_validator(mode="after")

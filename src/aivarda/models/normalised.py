@@ -88,6 +88,7 @@ class NeuralForecastModel(nn.Module):
             )
         self.net = net
         self.prior = prior
+        self.network_enabled = True  # False: the linear prior alone (see linear_prior_only)
         self.dt = float(dt)
         self.grid = grid
         self.layout = layout
@@ -120,6 +121,8 @@ class NeuralForecastModel(nn.Module):
         lead = x.shape[:-3]
         xb = x.reshape(-1, *x.shape[-3:])
         z = self.normalise(xb)
+        if self.prior is not None and not self.network_enabled:
+            return self.denormalise(self.prior(z)).reshape(*lead, *x.shape[-3:])
         y = self.net(z)
         if y.shape != xb.shape:
             raise DataError(f"forecast network returned shape {tuple(y.shape)} for input {tuple(xb.shape)}")
@@ -131,6 +134,14 @@ class NeuralForecastModel(nn.Module):
         else:
             out = self.denormalise(y)
         return out.reshape(*lead, *x.shape[-3:])
+
+    def linear_prior_only(self) -> NeuralForecastModel:
+        """Drop the network's correction: ``x_{t+dt} = μ + σ·P((x_t − μ)/σ)``, the fitted linear
+        prior alone — a cheap, exactly linear(-affine) model, e.g. inside a 4DVar window on CPUs."""
+        if self.prior is None:
+            raise DataError("linear_prior_only: this model has no linear prior")
+        self.network_enabled = False
+        return self
 
     def step(self, x: Tensor) -> Tensor:
         """One step of ``dt`` hours: ``[..., C, H, W] → [..., C, H, W]``."""
