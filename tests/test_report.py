@@ -38,6 +38,9 @@ def test_report_json_shape_and_figures(two_runs: list[Path], tmp_path: Path, cap
     assert [r["method"] for r in report["runs"]] == ["none", "3dvar"]
     for r in report["runs"]:
         assert r["cycles"] == 2 and r["wall_seconds"] > 0
+        stages = r["seconds_per_cycle"]
+        assert stages["total"] == pytest.approx(r["wall_seconds"] / 2)
+        assert sum(stages[s] for s in ("forecast", "observations", "minimisation", "io")) <= stages["total"]
         assert set(r["mean_rmse"]) == set(HEADLINE_CHANNELS)
         assert set(r["forecast_rmse"]["z500"]) == {"6h", "12h"}
     none, var = report["runs"]
@@ -54,6 +57,8 @@ def test_report_table(two_runs: list[Path], tmp_path: Path, capsys: pytest.Captu
     lines = capsys.readouterr().out.splitlines()
     assert "z500 b/a" in lines[0] and "q500 b/a" in lines[0]
     assert lines[1].split()[:3] == ["none", "none", "2"] and lines[2].split()[:3] == ["3dvar", "3dvar", "2"]
+    assert lines[4].split()[:3] == ["seconds", "per", "cycle"] and "minimisation" in lines[4]
+    assert lines[5].split()[0] == "none" and len(lines[6].split()) == 6
 
 
 def test_report_on_a_non_run_directory_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -499,7 +499,7 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
         days = float((times[-1] - np.datetime64(cfg.start, "ns")) / np.timedelta64(1, "D"))
         grid, layout = cfg.grid(), ChannelLayout.fengwu69()
         with ZarrStateWriter(tmp, grid, layout, times, store_attrs(cfg)) as writer, tqdm(
-            total=round(days, 4), desc="nature run", unit="day", disable=not progress,
+            total=days, desc="nature run", unit="day", disable=not progress,
             bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} simulated days [{elapsed}<{remaining}]",
         ) as bar:
             state = model.advance(state, int(steps[0]))
@@ -511,7 +511,7 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
                 if not np.all(np.isfinite(values)):
                     raise DataError(f"nature run: non-finite values at {times[i]}; reduce time_step_minutes")
                 writer.write(i, values)
-                bar.update(float(steps[i]) * model.dt_seconds / 86400)
+                bar.update(float((times[i] - np.datetime64(cfg.start, "ns")) / np.timedelta64(1, "D")) - bar.n)
         if out.exists():
             if not force:
                 raise AivardaError(f"{out}: appeared while generating; pass --force to replace it")

@@ -3,7 +3,8 @@
 For every run directory (written by ``aivarda run``) the table shows the mean over cycles of the
 latitude-weighted RMSE of the background and of the analysis for the headline channels
 (z500, t850, u500, q500, t2m), the mean normalised RMSE (channel mean of RMSE/σ_clim), the number of
-cycles and the total wall time. The figures, written to ``--out`` (default: ``report/`` beside the
+cycles and the total wall time; below it, the mean seconds per cycle of each stage (forecast,
+observations, minimisation, I/O), so the slowest is visible. The figures, written to ``--out`` (default: ``report/`` beside the
 first run directory), are the analysis and background RMSE time series of z500 and t850 with one
 line per run, and a map of each run's last increment ``x_a − x_b`` of z500. ``--json`` prints the
 same numbers as JSON (``{"runs": [...], "figures": [...]}``).
@@ -23,6 +24,8 @@ import numpy as np
 from aivarda.errors import DataError
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
+STAGES = ("forecast", "observations", "minimisation", "io", "total")
+"""Wall-time stages of a cycle (``wall_<stage>`` columns of ``metrics.csv``)."""
 SERIES_CHANNELS = ("z500", "t850")
 
 
@@ -74,6 +77,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
         "first_time": run.rows[0]["time"] if run.rows else None,
         "last_time": run.rows[-1]["time"] if run.rows else None,
         "wall_seconds": float(sum(float(r["wall_total"]) for r in run.rows)),
+        "seconds_per_cycle": {s: _mean(run.rows, f"wall_{s}") for s in STAGES},
         "mean_rmse": rmse,
         "mean_normalised_rmse": {"background": _mean(run.rows, "bg_nrmse"), "analysis": _mean(run.rows, "ana_nrmse")},
     }
@@ -105,6 +109,11 @@ def format_table(runs: list[RunData]) -> str:
     for s in summaries:
         cells = [pair(s["mean_rmse"].get(ch, {})) for ch in channels] + [pair(s["mean_normalised_rmse"])]
         lines.append(f"{s['name']:<{width}} {s['method']:>7} {s['cycles']:>6} {s['wall_seconds']:>8.1f} " + " ".join(cells))
+    lines.append("")
+    lines.append(f"{'seconds per cycle':<{width}} " + " ".join(f"{st:>12}" for st in STAGES))
+    for s in summaries:
+        cells = ["-" if s["seconds_per_cycle"][st] is None else f"{s['seconds_per_cycle'][st]:.3f}" for st in STAGES]
+        lines.append(f"{s['name']:<{width}} " + " ".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)
 
 
