@@ -138,3 +138,15 @@ def tiny_nature_run(_aivarda_home: Path) -> Path:
     from aivarda.data.nature_run import NatureRunConfig, ensure_nature_run
 
     return ensure_nature_run(NatureRunConfig.tiny(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models are fastest single-threaded, and the test machine's cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

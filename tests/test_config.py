@@ -72,6 +72,14 @@ def test_malformed_yaml_names_line(tmp_path):
         read_yaml(_write(tmp_path, "- a\n- b\n", "list.yaml"))
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    path = _write(tmp_path, "name: a\ndata:\n  source: zarr\n  source: nature_run\n", "dup.yaml")
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    assert _one_line(err) == f"{path}: malformed YAML (line 4, column 3): key 'source' given twice"
+    assert read_yaml(_write(tmp_path, "a: {x: 1}\nb: {x: 2}\n", "ok.yaml")) == {"a": {"x": 1}, "b": {"x": 2}}
+
+
 def test_parse_duration():
     assert parse_duration("6h") == timedelta(hours=6)
     assert parse_duration("1h30min") == timedelta(minutes=90)

@@ -13,13 +13,7 @@ from aivarda.models.linear_prior import LinearPriorConfig, SpectralLIM, fit_line
 GRID = Grid.gaussian(16, 32)
 C = 3
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def band_limited(n: int, lmax: int, seed: int) -> torch.Tensor:

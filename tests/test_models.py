@@ -31,15 +31,8 @@ FENGWU = {"name": "fengwu", "patch_size": 2, "embed_dim": 16, "depth": 2, "num_h
           "mlp_ratio": 2.0, "zero_init_output": False}
 SFNO = {"name": "sfno", "embed_dim": 8, "num_layers": 2}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest single-threaded (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def random_stats(seed: int = 0) -> NormStats:
     g = torch.Generator().manual_seed(seed)

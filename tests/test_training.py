@@ -31,15 +31,8 @@ VARIABLES = list(LAYOUT.names)
 BASE = {"t2m": 280.0, "z500": 5.5e4, "z850": 1.4e4, "t500": 250.0, "t850": 270.0}
 AMP = {"t2m": 5.0, "z500": 800.0, "z850": 300.0, "t500": 4.0, "t850": 6.0}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest single-threaded (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def synthetic_field(name: str, hours: float) -> np.ndarray:
     """Waves travelling east by 7.5° per 6 h plus a standing pattern: ``[H, W]`` float32."""
