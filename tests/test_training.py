@@ -185,6 +185,15 @@ def test_cli_train_and_eval(synthetic_store, tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_eval_model_without_a_config_scores_the_shipped_model():
+    from aivarda.models.evaluate import default_eval_config
+    from aivarda.paths import ASSETS
+
+    cfg = default_eval_config()
+    assert cfg.checkpoint == ASSETS / "fengwu_6h.pt" and cfg.checkpoint.is_file()
+    assert cfg.leads == [6.0, 24.0, 72.0, 120.0] and cfg.channels == ["z500", "t850", "u500", "q500"]
+
+
 def test_eval_rejects_leads_off_the_model_step(synthetic_store, tmp_path):
     cfg = validate(TrainConfig, train_config(synthetic_store, tmp_path / "run", epochs=1, max_steps=1), "cfg")
     train(cfg, progress=False)

@@ -128,9 +128,16 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     }
 
 
+def default_eval_config() -> EvalConfig:
+    """``aivarda eval-model`` without a config: the shipped 6-hour model on the nature run."""
+    cfg = EvalConfig()
+    cfg.resolve_paths(Path.cwd())
+    return cfg
+
+
 def main(args: argparse.Namespace) -> int:
     """CLI handler of ``aivarda eval-model``."""
-    cfg = load_config(args.config, EvalConfig) if args.config is not None else EvalConfig()
+    cfg = load_config(args.config, EvalConfig) if args.config is not None else default_eval_config()
     if args.checkpoint is not None:
         cfg.checkpoint = Path(args.checkpoint).resolve()
     if args.store is not None:
