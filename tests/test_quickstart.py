@@ -43,7 +43,7 @@ def test_cycling_quickstart_with_shipped_models(
     from aivarda.data.sources import Wb2ZarrSource
     from aivarda.data.stats import load_or_compute_norm_stats
     from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict, save_checkpoint
-    from aivarda.quickstart import CYCLING_METHODS, cycling_quickstart
+    from aivarda.quickstart import CYCLING_METHODS, cycling_quickstart, genbe_statistics
 
     layout = ChannelLayout.fengwu69()
     source = Wb2ZarrSource(tiny_nature_run, layout, span="train")
@@ -56,7 +56,8 @@ def test_cycling_quickstart_with_shipped_models(
     monkeypatch.setattr(cycling_config, "DEFAULT_FLOW_MODEL", tmp_path / "fengwu_1h.pt")
     out = tmp_path / "out"
     out.mkdir()
-    assert cycling_quickstart(tiny_nature_run, out, quiet=True, tiny=True) == 0
+    genbe = genbe_statistics(tiny_nature_run, tiny=True, progress=False)
+    assert cycling_quickstart(tiny_nature_run, genbe, out, quiet=True, tiny=True) == 0
     summary = json.loads((out / "report.json").read_text())
     runs = {r["name"]: r for r in summary["runs"]}
     assert set(runs) == set(CYCLING_METHODS)

@@ -111,13 +111,14 @@ def analysis_config(
     )
 
 
-def cycling_config(store: Path, method: str, out: Path, genbe: Path, tiny: bool = False) -> CyclingConfig:
-    """The quickstart's cycling experiment for ``method``: 6-hourly cycles over the store's hourly
-    ``eval`` span (8 cycles; 4 with ``tiny``), the shipped models, the GEN_BE static B of
-    :func:`genbe_statistics`, first background a 48-h forecast of the truth (``gap: 8``)."""
-    from aivarda.data.sources import Wb2ZarrSource, format_time, store_layout
+def cycling_config(
+    store: Path, method: str, out: Path, genbe: Path, start: np.datetime64, tiny: bool = False
+) -> CyclingConfig:
+    """The quickstart's cycling experiment for ``method``: 6-hourly cycles from ``start`` (the
+    first time of the store's hourly ``eval`` span; 8 cycles, 4 with ``tiny``), the shipped models,
+    the GEN_BE static B ``genbe``, first background a 48-h forecast of the truth (``gap: 8``)."""
+    from aivarda.data.sources import format_time
 
-    start = Wb2ZarrSource(store, store_layout(store), span="eval").times[0]
     end = start + np.timedelta64(18 if tiny else 42, "h")
     assimilation: dict = {
         "method": method,
@@ -144,9 +145,11 @@ def cycling_config(store: Path, method: str, out: Path, genbe: Path, tiny: bool 
     )
 
 
-def cycling_quickstart(store: Path, out: Path, quiet: bool, tiny: bool = False) -> int:
-    """GEN_BE statistics, then no-DA, 3DVar and 4DVar cycling with the shipped models, then the report."""
+def cycling_quickstart(store: Path, genbe: Path, out: Path, quiet: bool, tiny: bool = False) -> int:
+    """No-DA, 3DVar and 4DVar cycling with the shipped models and the GEN_BE B ``genbe``, then the
+    report (stages 3 … of the quickstart)."""
     from aivarda.cycling.runner import run_experiment
+    from aivarda.data.sources import Wb2ZarrSource, store_layout
     from aivarda.evaluation.report import (
         format_table,
         load_run,
@@ -155,11 +158,10 @@ def cycling_quickstart(store: Path, out: Path, quiet: bool, tiny: bool = False) 
     )
 
     stages = 2 + len(CYCLING_METHODS)
-    print(f"[2/{stages}] GEN_BE statistics from {_lag(tiny)} lagged-truth differences …", flush=True)
-    genbe = genbe_statistics(store, tiny, progress=not quiet)
+    start = Wb2ZarrSource(store, store_layout(store), span="eval").times[0]
     for i, method in enumerate(CYCLING_METHODS):
         print(f"[{3 + i}/{stages}] {method} cycling …", flush=True)
-        cfg = cycling_config(store, method, out, genbe, tiny)
+        cfg = cycling_config(store, method, out, genbe, start, tiny)
         run_experiment(cfg, cfg.output_dir, progress=not quiet)
     runs = [load_run(out / m) for m in CYCLING_METHODS]
     figures = plot_report(runs, out / "report")
@@ -193,10 +195,10 @@ def main(args: argparse.Namespace) -> int:
     stages = 2 + (len(CYCLING_METHODS) if cycling else len(SINGLE_ANALYSES))
     print(f"[1/{stages}] nature run ({'tiny' if tiny else 'T42, 16 days'}) …", flush=True)
     store = ensure_nature_run(quickstart_nature_run(tiny), progress=not quiet)
-    if cycling:
-        return cycling_quickstart(store, out, quiet)
     print(f"[2/{stages}] GEN_BE statistics from {_lag(tiny)} lagged-truth differences …", flush=True)
     genbe = genbe_statistics(store, tiny, progress=not quiet)
+    if cycling:
+        return cycling_quickstart(store, genbe, out, quiet)
     report: dict[str, dict] = {}
     for i, (name, (method, b_type)) in enumerate(SINGLE_ANALYSES.items()):
         print(f"[{3 + i}/{stages}] {name} analysis …", flush=True)

@@ -495,8 +495,9 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
         model = build_model(cfg)
         state = initial_state(model, progress=progress)
         dt = np.timedelta64(round(model.dt_seconds), "s")
-        steps = np.diff(np.concatenate([[np.datetime64(cfg.start, "ns")], times])) // dt
-        days = float((times[-1] - np.datetime64(cfg.start, "ns")) / np.timedelta64(1, "D"))
+        start = np.datetime64(cfg.start, "ns")
+        steps = np.diff(np.concatenate([[start], times])) // dt
+        days = float((times[-1] - start) / np.timedelta64(1, "D"))
         grid, layout = cfg.grid(), ChannelLayout.fengwu69()
         with ZarrStateWriter(tmp, grid, layout, times, store_attrs(cfg)) as writer, tqdm(
             total=days, desc="nature run", unit="day", disable=not progress,
@@ -511,7 +512,7 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
                 if not np.all(np.isfinite(values)):
                     raise DataError(f"nature run: non-finite values at {times[i]}; reduce time_step_minutes")
                 writer.write(i, values)
-                bar.update(float((times[i] - np.datetime64(cfg.start, "ns")) / np.timedelta64(1, "D")) - bar.n)
+                bar.update(float((times[i] - start) / np.timedelta64(1, "D")) - bar.n)  # ends at `days`
         if out.exists():
             if not force:
                 raise AivardaError(f"{out}: appeared while generating; pass --force to replace it")

@@ -111,21 +111,31 @@ class SpectralLIM(nn.Module):
         return torch.stack(cols, dim=-1)
 
     # ------------------------------------------------------------------ dynamics
+    def _components(self, a: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Per order ``m`` of the anomaly ``a`` ``[B, C, H, W]``: the principal components
+        ``p_m = E_mᴴ v_m`` ``[B, K]`` and the EOFs ``E_m`` (in ``a``'s complex dtype)."""
+        cplx = torch.complex128 if a.dtype == torch.float64 else torch.complex64
+        fwd, _ = self._sht(a.device)
+        eofs = [self.eofs(m).to(cplx) for m in range(self.L)]
+        pcs = [v @ e.conj() for v, e in zip(self.spectrum_vectors(fwd(a)), eofs)]
+        return pcs, eofs
+
+    def unresolved(self, a: Tensor) -> Tensor:
+        """``a − SHT⁻¹(E Eᴴ v(a))``: the part of an anomaly ``[B, C, H, W]`` outside the EOF subspace."""
+        pcs, eofs = self._components(a)
+        _, inv = self._sht(a.device)
+        return a - inv(self.vectors_spectrum([p @ e.T for p, e in zip(pcs, eofs)]))
+
     def forward(self, z: Tensor) -> Tensor:
         if not bool(self.fitted):
             raise DataError("linear prior: not fitted (train the model with `aivarda train-model`)")
         with torch.autocast(z.device.type, enabled=False):
             real = torch.float64 if z.dtype == torch.float64 else torch.float32
-            cplx = torch.complex128 if real == torch.float64 else torch.complex64
-            fwd, inv = self._sht(z.device)
+            _, inv = self._sht(z.device)
             a = z.to(real) - self.zonal_mean.to(real)
-            vectors = self.spectrum_vectors(fwd(a))
-            pred, proj = [], []
-            for m, v in enumerate(vectors):
-                e = self.eofs(m).to(cplx)
-                p = v @ e.conj()
-                proj.append(p @ e.T)
-                pred.append((p @ self.operator(m).to(cplx).T) @ e.T)
+            pcs, eofs = self._components(a)
+            pred = [(p @ self.operator(m).to(e.dtype).T) @ e.T for m, (p, e) in enumerate(zip(pcs, eofs))]
+            proj = [p @ e.T for p, e in zip(pcs, eofs)]
             both = inv(torch.cat([self.vectors_spectrum(pred), self.vectors_spectrum(proj)]))
             pred_field, proj_field = both.split(z.shape[0])
             out = self.zonal_mean.to(real) + pred_field + self.rho.to(real) * (a - proj_field)
@@ -143,7 +153,7 @@ def fit_linear_prior(
     progress: bool = True,
 ) -> dict[str, float]:
     """Fit ``prior`` in place from batches of normalised pairs ``(z_t, z_{t+dt})`` ``[B, C, H, W]``
-    (the iterable is traversed twice). ``weights`` ``[H]``: area weights (mean 1).
+    (held in memory: the fit passes over them four times). ``weights`` ``[H]``: area weights (mean 1).
 
     Returns fit diagnostics: pairs used, the explained fraction of the tendency variance
     ``1 − ‖z_{t+dt} − ẑ_{t+dt}‖²/‖z_{t+dt} − z_t‖²`` (area-weighted, on the training pairs) and the
@@ -192,15 +202,15 @@ def fit_linear_prior(
     num = torch.zeros(prior.C, dtype=torch.float64)
     den = torch.zeros(prior.C, dtype=torch.float64)
     for z0, z1 in pairs:
-        r0 = _unresolved(prior, z0.float() - prior.zonal_mean).double()
-        r1 = _unresolved(prior, z1.float() - prior.zonal_mean).double()
+        r0 = prior.unresolved(z0.float() - prior.zonal_mean).double()
+        r1 = prior.unresolved(z1.float() - prior.zonal_mean).double()
         num += (w * r1 * r0).sum(dim=(0, 2, 3))
         den += (w * r0 * r0).sum(dim=(0, 2, 3))
     prior.rho.copy_((num / den.clamp_min(1e-30)).clamp(0.0, 1.0).float().reshape(-1, 1, 1))
     # diagnostics
     err = ten = 0.0
+    wf = w.float()
     for z0, z1 in pairs:
-        wf = w.float()
         err += float((wf * (prior(z0.float()) - z1.float()).square()).sum())
         ten += float((wf * (z1.float() - z0.float()).square()).sum())
     return {
@@ -209,12 +219,3 @@ def fit_linear_prior(
         "max_eigenvalue_modulus": max_eig,
         "rho_mean": float(prior.rho.mean()),
     }
-
-
-def _unresolved(prior: SpectralLIM, a: Tensor) -> Tensor:
-    """``a − SHT⁻¹(E Eᴴ v(a))``: the part of an anomaly ``[B, C, H, W]`` outside the EOF subspace."""
-    fwd, inv = prior._sht(a.device)
-    vectors = prior.spectrum_vectors(fwd(a))
-    eofs = [prior.eofs(m).to(v.dtype) for m, v in enumerate(vectors)]
-    proj = [(v @ e.conj()) @ e.T for v, e in zip(vectors, eofs)]
-    return a - inv(prior.vectors_spectrum(proj))

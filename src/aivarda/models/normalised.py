@@ -121,7 +121,7 @@ class NeuralForecastModel(nn.Module):
         lead = x.shape[:-3]
         xb = x.reshape(-1, *x.shape[-3:])
         z = self.normalise(xb)
-        if self.prior is not None and not self.network_enabled:
+        if not self.network_enabled:  # linear_prior_only(): the prior exists
             return self.denormalise(self.prior(z)).reshape(*lead, *x.shape[-3:])
         y = self.net(z)
         if y.shape != xb.shape:

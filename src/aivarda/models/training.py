@@ -66,11 +66,15 @@ class TrajectoryDataset(Dataset):
     """Item ``i``: the states ``[k+1, C, H, W]`` at ``t_i + j·dt``, ``j = 0…k``, for start times
     ``t_i`` whose whole trajectory lies in the source."""
 
-    def __init__(self, source: FieldSource, starts: np.ndarray, dt_hours: float, k: int, cache: bool = True) -> None:
+    def __init__(
+        self, source: FieldSource, starts: np.ndarray, dt_hours: float, k: int,
+        cache: bool | dict[np.datetime64, Tensor] | None = True,
+    ) -> None:
         self.source = source
         self.starts = np.asarray(starts, dtype="datetime64[ns]")
         self.offsets = np.array([int(round(j * dt_hours * 3600)) for j in range(k + 1)], dtype="timedelta64[s]")
-        self.cache: dict[np.datetime64, Tensor] | None = {} if cache else None
+        # True: a cache of its own; a dict: share that cache (another dataset's); False/None: none
+        self.cache: dict[np.datetime64, Tensor] | None = cache if isinstance(cache, dict) else ({} if cache else None)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -315,7 +319,8 @@ class Trainer:
         from aivarda.models.linear_prior import fit_linear_prior
 
         dt = self.cfg.model.dt
-        pairs_ds = TrajectoryDataset(source, trajectory_starts(source.times, dt, 1), dt, 1, cache=False)
+        # through the training cache: the states read here are not read again for training
+        pairs_ds = TrajectoryDataset(source, trajectory_starts(source.times, dt, 1), dt, 1, cache=self.train_ds.cache)
         loader = DataLoader(pairs_ds, batch_size=16, num_workers=self.cfg.num_workers)
         model = self.model.cpu()
         pairs = [(model.normalise(b[:, 0]), model.normalise(b[:, 1])) for b in loader]
