@@ -12,7 +12,7 @@ from aivarda.cli import main
 from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.cycling.runner import CyclingRunner
-from aivarda.evaluation.report import HEADLINE_CHANNELS
+from aivarda.evaluation.report import HEADLINE_CHANNELS, load_run
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,16 @@ def test_report_on_a_non_run_directory_is_one_error_line(tmp_path: Path, capsys:
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a run directory" in err[0]
+
+
+def test_first_cycles_restricts_every_run(two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", *map(str, two_runs), "--json", "--out", str(tmp_path), "--first-cycles", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for r in report["runs"]:
+        assert r["cycles"] == 1 and r["first_time"] == r["last_time"]
+        assert set(r["forecast_rmse"]["z500"]) == {"6h", "12h"}  # cycle 0's forecast only
+    full = load_run(two_runs[1])
+    first = load_run(two_runs[1], first_cycles=1)
+    assert first.rows == full.rows[:1]
+    assert main(["report", str(two_runs[0]), "--first-cycles", "0"]) == 2
+    assert "--first-cycles: expected a positive number" in capsys.readouterr().err

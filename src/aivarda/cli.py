@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="table and figures comparing cycling runs")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", type=Path, default=None, help="figure directory (default: report/ beside the first run)")
+    p.add_argument("--first-cycles", type=int, default=None, metavar="N",
+                   help="only the first N cycles of every run (e.g. to compare with a shorter run)")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.evaluation.report:main"))
 

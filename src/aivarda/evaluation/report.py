@@ -7,7 +7,8 @@ cycles and the total wall time; below it, the mean seconds per cycle of each sta
 observations, minimisation, I/O), so the slowest is visible. The figures, written to ``--out`` (default: ``report/`` beside the
 first run directory), are the analysis and background RMSE time series of z500 and t850 with one
 line per run, and a map of each run's last increment ``x_a − x_b`` of z500. ``--json`` prints the
-same numbers as JSON (``{"runs": [...], "figures": [...]}``).
+same numbers as JSON (``{"runs": [...], "figures": [...]}``). ``--first-cycles N`` restricts every
+run to its first ``N`` cycles.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from aivarda.errors import DataError
+from aivarda.errors import ConfigError, DataError
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
@@ -40,8 +41,9 @@ class RunData:
     forecast_rows: list[dict[str, str]]
 
 
-def load_run(path: str | Path) -> RunData:
-    """Read ``config.json``, ``metrics.csv`` (and ``forecast_scores.csv``) of a run directory."""
+def load_run(path: str | Path, first_cycles: int | None = None) -> RunData:
+    """Read ``config.json``, ``metrics.csv`` (and ``forecast_scores.csv``) of a run directory;
+    with ``first_cycles = N`` only cycles ``0 … N − 1``."""
     path = Path(path)
     metrics, config = path / "metrics.csv", path / "config.json"
     if not metrics.is_file() or not config.is_file():
@@ -53,6 +55,9 @@ def load_run(path: str | Path) -> RunData:
     if (path / "forecast_scores.csv").is_file():
         with (path / "forecast_scores.csv").open(newline="") as fh:
             forecast_rows = list(csv.DictReader(fh))
+    if first_cycles is not None:
+        rows = [r for r in rows if int(r["cycle"]) < first_cycles]
+        forecast_rows = [r for r in forecast_rows if int(r["cycle"]) < first_cycles]
     method = cfg.get("assimilation", {}).get("method", rows[0]["method"] if rows else "?")
     return RunData(path, str(cfg.get("name") or path.name), method, rows, forecast_rows)
 
@@ -161,7 +166,9 @@ def plot_report(runs: list[RunData], out: Path) -> list[Path]:
 
 def main(args: argparse.Namespace) -> int:
     """``aivarda report RUN_DIR... [--json] [--out DIR]``."""
-    runs = [load_run(p) for p in args.run_dirs]
+    if args.first_cycles is not None and args.first_cycles < 1:
+        raise ConfigError(f"--first-cycles: expected a positive number of cycles, got {args.first_cycles}")
+    runs = [load_run(p, args.first_cycles) for p in args.run_dirs]
     out = Path(args.out) if args.out is not None else Path(args.run_dirs[0]).resolve().parent / "report"
     figures = plot_report(runs, out)
     if args.json:
