@@ -114,11 +114,21 @@ def _statistic(context: TransformContext, key: str, section: str) -> Tensor:
 def _load_matrix(path: Path, dtype: torch.dtype) -> Tensor:
     if not path.is_file():
         raise ConfigError(f"background_error.covariance: file not found: {path}")
-    if path.suffix == ".npy":
-        return torch.as_tensor(np.load(path), dtype=dtype)
-    if path.suffix in (".pt", ".pth"):
-        return torch.as_tensor(torch.load(path, map_location="cpu"), dtype=dtype)
-    raise ConfigError(f"background_error.covariance: expected a .npy or .pt file, got {path}")
+    if path.suffix not in (".npy", ".pt", ".pth"):
+        raise ConfigError(f"background_error.covariance: expected a .npy or .pt file, got {path}")
+    try:
+        if path.suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:  # tensors only: never unpickle code from a data file
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        matrix = torch.as_tensor(data, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is one user error
+        raise ConfigError(
+            f"background_error.covariance: {path}: not a readable matrix ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or not bool(torch.isfinite(matrix).all()):
+        raise ConfigError(f"background_error.covariance: {path}: expected a finite square matrix, got shape {list(matrix.shape)}")
+    return matrix
 
 
 class IdentityConfig(TransformConfig):

@@ -273,7 +273,7 @@ class Trainer:
         self.source = source
         self.model = build_forecast_model(
             cfg.model.architecture, stats, source.grid, source.layout, dt,
-            residual=cfg.model.residual, checkpoint=cfg.grad_checkpointing, linear_prior=cfg.model.linear_prior,
+            residual=cfg.model.residual, checkpoint=cfg.grad_checkpointing, linear_prior=cfg.model.linear_prior, allow_module=True,
         )
         self.prior_fit: dict[str, float] | None = None
         if start is not None:
