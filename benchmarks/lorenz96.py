@@ -50,8 +50,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from aivarda.assimilation import AnalysisProblem, AssimilationConfig, analyse
-from aivarda.background import TransformContext, build_transform
+import numpy as np
+
+from aivarda.assimilation import AnalysisProblem, Window, build_method
+from aivarda.background import DenseSqrtTransform
+from aivarda.models.base import trajectory
 from aivarda.models.lorenz96 import Lorenz96
 
 N_VARS = 40
@@ -112,6 +115,15 @@ def truth_run(model: Lorenz96, n_steps: int, generator: torch.Generator) -> torc
     return out
 
 
+def method_config(config: dict, method: str, window: int) -> dict:
+    """The ``assimilation`` section of one analysis (``background_error`` is built here, dense B^½)."""
+    section = {k: v for k, v in config.items() if k != "background_error"}
+    if method == "3dvar":
+        section.pop("checkpointing")
+        return {**section, "method": method}
+    return {**section, "method": method, "da_win": window}
+
+
 def run_experiment(
     exp: Experiment,
     scored_cycles: int,
@@ -133,10 +145,7 @@ def run_experiment(
         cov = torch.eye(N_VARS, dtype=torch.float64)
     else:
         cov = torch.cov(truth.T)
-    transform = build_transform(
-        {"type": "dense", "scale": exp.x_b, "method": "symmetric"},
-        TransformContext((N_VARS,), torch.float64, {"covariance": cov}),
-    )
+    transform = DenseSqrtTransform(exp.x_b * cov, (N_VARS,), "symmetric")
     sigma = torch.ones(N_VARS, dtype=torch.float64)
 
     x = torch.zeros(N_VARS, dtype=torch.float64)
@@ -150,14 +159,14 @@ def run_experiment(
             window = 1
         else:
             window = ko - max(ko - lag, -1) + 1  # window times: start .. newest observation
-        cfg = AssimilationConfig.model_validate(
-            {**config, "method": exp.method, "da_win": window, "steps_per_time": exp.obs_every}
-        )
+        method = build_method(method_config(config, exp.method, window))
+        # the window in model time: `window` observation times obs_every model steps apart
+        win = Window(np.datetime64(0, "s"), np.arange(window) * np.timedelta64(1, "h"), (exp.obs_every,) * (window - 1))
         obs = _Obs(y[ko], sigma, torch.full((N_VARS,), window - 1))
-        problem = AnalysisProblem(cfg, x, transform, observe_last, obs, model=model)
+        problem = AnalysisProblem(x, method.background_window(x, win, model), transform, observe_last, obs, win, model)
         with warnings.catch_warnings():  # a fallback is counted below, not printed each cycle
             warnings.simplefilter("ignore", RuntimeWarning)
-            result = analyse(problem)
+            result = method.analyse(problem)
         fallbacks += int(result.fallback)
         not_converged += int(not result.converged)
         iterations.append(result.diagnostics[-1]["iteration"] if result.diagnostics else 0)
@@ -166,7 +175,7 @@ def run_experiment(
             x_newest = x
         else:
             with torch.no_grad():
-                x_newest = problem.cost().window(result.x_a)[-1]
+                x_newest = trajectory(model, result.x_a, win.steps)[-1]
             x = result.x_a
             if ko - lag >= -1:  # slide the window start one observation interval forward
                 with torch.no_grad():

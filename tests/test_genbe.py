@@ -324,7 +324,7 @@ def write_random_store(path: Path, grid: Grid, seed: int = 0) -> None:
 
 
 def test_learn_b_cli_and_3dvar_with_genbe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis
+    from aivarda.assimilate import AnalyseConfig, run_single_analysis
     from aivarda.background.genbe.nmc import NmcSamples
     from aivarda.cli import main
     from aivarda.config import load_config

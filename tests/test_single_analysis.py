@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis
+from aivarda.assimilate import AnalyseConfig, run_single_analysis
 from aivarda.cli import main
 from aivarda.config import load_config
 
@@ -76,5 +76,5 @@ def test_4dvar_without_model_is_a_config_error(tiny_nature_run: Path, tmp_path: 
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out4"
     assert main(["assimilate", str(config), "--out", str(out)]) == 2
-    assert "model" in capsys.readouterr().err
+    assert "window_model: method 4dvar needs a window model" in capsys.readouterr().err
     assert not out.exists()

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the config's output_dir)")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.assimilation.single_analysis:main"))
+    p.set_defaults(func=_handler("aivarda.assimilate:main"))
 
     # --- cycling ------------------------------------------------------------------------------
     p = sub.add_parser("run", help="a cycling experiment (no-DA, 3DVar, 4DVar, ...); resumable")

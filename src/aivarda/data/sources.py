@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
+from aivarda.timeaxis import format_time  # noqa: F401 (re-exported for data users)
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 
@@ -75,11 +76,6 @@ def as_times(values: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
     if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.datetime64):
         return values.astype("datetime64[ns]")
     return np.array([as_time(v) for v in values], dtype="datetime64[ns]")
-
-
-def format_time(t: np.datetime64) -> str:
-    """ISO string to the minute, e.g. ``2020-01-01T06:00``."""
-    return str(np.datetime_as_string(np.datetime64(t, "m")))
 
 
 def layout_from_channels(names: Sequence[str]) -> ChannelLayout:

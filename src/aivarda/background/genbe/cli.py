@@ -24,7 +24,7 @@ from aivarda.background.genbe.nmc import (
     lagged_differences,
     valid_times,
 )
-from aivarda.background.genbe.sphere import Regrid
+from aivarda.sphere import Regrid
 from aivarda.config import load_config
 from aivarda.errors import ConfigError, DataError
 from aivarda.paths import cache_dir
