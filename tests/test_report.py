@@ -41,12 +41,12 @@ def test_report_json_shape_and_figures(two_runs: list[Path], tmp_path: Path, cap
         stages = r["seconds_per_cycle"]
         assert stages["total"] == pytest.approx(r["wall_seconds"] / 2)
         assert sum(stages[s] for s in ("forecast", "observations", "minimisation", "io")) <= stages["total"]
-        assert set(r["mean_rmse"]) == set(HEADLINE_CHANNELS)
+        assert set(r["rmse"]) == set(HEADLINE_CHANNELS)
         assert set(r["forecast_rmse"]["z500"]) == {"6h", "12h"}
     none, var = report["runs"]
     # the free run's analysis is its background; 3DVar improves on its own background
-    assert none["mean_rmse"]["z500"]["analysis"] == none["mean_rmse"]["z500"]["background"]
-    assert var["mean_normalised_rmse"]["analysis"] < var["mean_normalised_rmse"]["background"]
+    assert none["rmse"]["z500"]["analysis"] == none["rmse"]["z500"]["background"]
+    assert var["normalised_rmse"]["analysis"] < var["normalised_rmse"]["background"]
     names = {Path(f).name for f in report["figures"]}
     assert {"rmse_z500.png", "rmse_t850.png", "increment_none_z500.png", "increment_3dvar_z500.png"} <= names
     assert all(Path(f).stat().st_size > 0 for f in report["figures"])
