@@ -7,7 +7,8 @@
 - per run: ``config_sha256``, the SHA-256 of the run's ``config.json`` in canonical JSON (keys
   sorted, no whitespace, UTF-8), and ``store_fingerprint``, read from the run's files when the
   run recorded one (a ``store_fingerprint`` key anywhere in ``config.json`` or ``metadata.json``),
-  else ``"unknown"``.
+  else ``"unknown"``; ``run_git_commit``, the ``git_commit`` of the run's ``metadata.json`` (the code
+  that ran it, when the runner recorded it), else ``"unknown"``.
 """
 
 from __future__ import annotations
@@ -114,9 +115,19 @@ def store_fingerprint(run_dir: Path, config: dict[str, Any] | None = None) -> An
     return UNKNOWN
 
 
+def run_commit(run_dir: Path) -> Any:
+    """The ``git_commit`` the run recorded in its ``metadata.json`` (the code that ran it), else ``"unknown"``."""
+    try:
+        found = _find_key(json.loads((run_dir / "metadata.json").read_text()), "git_commit")
+    except (OSError, json.JSONDecodeError):
+        found = None
+    return UNKNOWN if found is None else found
+
+
 def run_provenance(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """``{"config_sha256", "store_fingerprint"}`` of one run directory."""
-    return {"config_sha256": config_hash(config), "store_fingerprint": store_fingerprint(run_dir, config)}
+    """``{"config_sha256", "store_fingerprint", "run_git_commit"}`` of one run directory."""
+    return {"config_sha256": config_hash(config), "store_fingerprint": store_fingerprint(run_dir, config),
+            "run_git_commit": run_commit(run_dir)}
 
 
 def footer(code: dict[str, Any], runs: list[dict[str, Any]]) -> str:

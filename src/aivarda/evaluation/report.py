@@ -432,7 +432,7 @@ def format_comparison(c: dict[str, Any]) -> str:
     """The comparison as lines: ``difference [low, high]`` per channel, "not significant" where the
     interval contains 0."""
     seeds = ", ".join(f"{a}" if a == b else f"{a}/{b}" for a, b in c["seeds"])
-    lines = [f"{c['a']} − {c['b']}: seeds {seeds}; {c['cycles']} common cycles {c['first_time']} … {c['last_time']}; "
+    lines = [f"{c['a']} − {c['b']}: seed{'s' if len(c['seeds']) > 1 else ''} {seeds}; {c['cycles']} common cycles {c['first_time']} … {c['last_time']}; "
              f"{c['confidence']:.0%} moving-block bootstrap, blocks of {c['block_length']} cycles, {c['resamples']} resamples",
              f"{'channel':<8} " + " ".join(f"{kind + ' A − B [interval]':<52}" for kind in KINDS)]
     for ch, d in c["scores"].items():
