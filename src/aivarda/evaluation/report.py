@@ -362,11 +362,10 @@ def _common_times(pairs: list[tuple[RunData, RunData]], warnings: list[str]) -> 
     return sorted(times)
 
 
-def _per_cycle(run: RunData, times: list[str], columns: list[str], square: bool = True) -> np.ndarray:
-    """``[T, K]`` values of ``columns`` at ``times`` (squared: per-cycle MSE from RMSE)."""
+def _per_cycle_mse(run: RunData, times: list[str], columns: list[str]) -> np.ndarray:
+    """``[T, K]`` squares of the RMSE ``columns`` at ``times``: the per-cycle MSE."""
     by_time = {r["time"]: r for r in run.rows}
-    v = np.array([[_float(by_time[t].get(c)) for c in columns] for t in times], dtype=np.float64)
-    return v**2 if square else v
+    return np.array([[_float(by_time[t].get(c)) for c in columns] for t in times], dtype=np.float64) ** 2
 
 
 def _score_function(idx: list[int], sigma: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -410,8 +409,8 @@ def compare_runs(runs: list[RunData], spec: str, block_length: int = DEFAULT_BLO
     scores: dict[str, dict[str, Any]] = {ch: {} for ch in [*headline, ALL]}
     for kind, prefix in KINDS.items():
         columns = [f"{prefix}_wrmse_{ch}" for ch in channels] + ([] if sigma is not None else [f"{prefix}_nrmse"])
-        a = np.stack([_per_cycle(x, times, columns) for x, _ in pairs])
-        b = np.stack([_per_cycle(y, times, columns) for _, y in pairs])
+        a = np.stack([_per_cycle_mse(x, times, columns) for x, _ in pairs])
+        b = np.stack([_per_cycle_mse(y, times, columns) for _, y in pairs])
         d = paired_difference(a, b, g, block_length, resamples, confidence, seed)
         for j, ch in enumerate([*headline, ALL]):
             scores[ch][kind] = {"a": float(d.a[j]), "b": float(d.b[j]), "difference": float(d.difference[j]),
