@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="figure directory (default: report/ beside the first run)")
     p.add_argument("--first-cycles", type=int, default=None, metavar="N",
                    help="only the first N cycles of every run (e.g. to compare with a shorter run)")
+    p.add_argument("--compare", action="append", default=None, metavar="A:B",
+                   help="paired difference A − B over the common cycles with a 95%% block-bootstrap interval "
+                        "(A, B: run name, directory or 1-based position; the seeds of one configuration are combined); repeatable")
+    p.add_argument("--block-length", type=int, default=4, metavar="CYCLES",
+                   help="block length of the moving-block bootstrap in cycles (default 4: one day of 6-hour cycles)")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.evaluation.report:main"))
 
