@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aivarda.data.sources import _read_json_attr, open_wb2_dataset
+from aivarda.provenance import TimeSpan, TrainedOn
 
 if TYPE_CHECKING:
     from aivarda.data.nature_run import NatureRunConfig
@@ -132,3 +133,13 @@ def _content(ds: Any, path: Path) -> str:
             samples.append(values[np.linspace(0, values.size - 1, min(VALUE_SAMPLES, values.size)).astype(int)])
         parts["values"] = _array_digest(np.concatenate(samples))
     return _digest(parts)
+
+
+def trained_on_record(what: str, source: Any, spans: Sequence[TimeSpan], verb: str = "trained on") -> TrainedOn:
+    """The :class:`~aivarda.provenance.TrainedOn` of an artefact that learned ``spans`` of the store
+    ``source`` (a path or a source with ``.path``)."""
+    identity = store_identity(source)
+    return TrainedOn(
+        what=what, spans=tuple(spans), store=identity.path, fingerprint=identity.fingerprint,
+        origin=identity.origin, verb=verb, content=identity.content,
+    )

@@ -110,6 +110,15 @@ def layout_from_channels(names: Sequence[str]) -> ChannelLayout:
     return layout
 
 
+def holdout_cut(n_times: int, fraction: float, where: str) -> int:
+    """Index of the first held-out time when the last ``fraction`` of ``n_times`` times is held
+    out (``times[:cut]`` train, ``times[cut:]`` validation); too few times is a DataError."""
+    cut = int(n_times * (1 - fraction))
+    if cut < 2 or cut >= n_times:
+        raise DataError(f"{where} has too few times ({n_times}) to hold out {fraction:g}")
+    return cut
+
+
 def store_signature(path: str | Path) -> str:
     """A cheap fingerprint of a local Zarr store: size and mtime of its metadata files.
 
