@@ -232,3 +232,36 @@ def test_the_old_quickstart_period_is_refused_and_august_passes():
         check_out_of_sample(TimeSpan(T("2000-01-15T00"), T("2000-01-16T18")), models, store_fingerprint=world, origin="2000-01-01")
     august = TimeSpan(T("2000-08-01T00"), T("2000-08-02T18"))
     assert check_out_of_sample(august, models, store_fingerprint=world, origin="2000-01-01") == []
+
+
+# ------------------------------------------------------------------------------------------ for the drivers
+def test_guard_run_on_a_store_refuses_allows_and_stamps(tiny_nature_run):
+    from aivarda.artefacts import guard_run
+    from aivarda.data.fingerprint import trained_on_record
+
+    # the tiny world's `train` span (2000-01-01T00 … 01-03T18) was learned; its `eval` day was not
+    model = trained_on_record("m.pt", tiny_nature_run, [TimeSpan(T("2000-01-01T00"), T("2000-01-03T18"), "train")])
+    clean = guard_run(TimeSpan(T("2000-01-04T00"), T("2000-01-04T23")), tiny_nature_run, [model])
+    assert clean["in_sample"] is False and clean["warnings"] == []
+    assert clean["store_content"] == store_identity(tiny_nature_run).content
+    overlapping = TimeSpan(T("2000-01-03T12"), T("2000-01-04T06"))
+    with pytest.raises(LeakageError, match=r"^m.pt was trained on 2000-01-01T00:00…2000-01-03T18:00 \(train\)"):
+        guard_run(overlapping, tiny_nature_run, [model])
+    stamped = guard_run(overlapping, tiny_nature_run, [model], allow_in_sample=True)
+    assert stamped["in_sample"] is True and "overlap 2000-01-03T12:00…2000-01-03T18:00: 6 h" in stamped["warnings"][0]
+
+
+def test_model_background_error_and_statistics_records(mini_wb2_store):
+    from aivarda.artefacts import trained_on_of_background_error, trained_on_of_model, trained_on_of_norm_stats
+    from aivarda.data.sources import Wb2ZarrSource
+    from aivarda.data.stats import compute_norm_stats
+
+    shipped = trained_on_of_model({"checkpoint": "${AIVARDA_ASSETS}/fengwu_6h.pt"})
+    assert shipped == trained_on_of_checkpoint(ASSETS / "fengwu_6h.pt")
+    persistence = {"module": "torch.nn:Identity", "dt": "6h", "layout": mini_wb2_store.layout.to_dict()}
+    assert trained_on_of_model(persistence) == []  # learned nothing
+    assert trained_on_of_background_error({"type": "diagonal"}) == []
+    source = Wb2ZarrSource(mini_wb2_store.path, mini_wb2_store.layout, span="train")
+    (stats,) = trained_on_of_norm_stats(compute_norm_stats(source, progress=False), source)
+    # 6-hour pairs of the train span 2020-01-01T00 … 01-02T18: the states read
+    assert stats.spans == (TimeSpan(T("2020-01-01T00"), T("2020-01-02T18"), "statistics"),)

@@ -151,3 +151,72 @@ def _derived_from_samples_metadata(meta: dict[str, Any], what: str) -> TrainedOn
     start = times[0] - np.timedelta64(int(round(back * 3600)), "s")
     record = trained_on_record(what, store, [TimeSpan(start, times[-1], str(meta.get("span") or ""))], "fitted on")
     return replace(record, note="derived from the sample metadata: the whole span (written before aivarda recorded provenance)")
+
+
+# ------------------------------------------------------------------------------------------ drivers
+def trained_on_of_model(model: Any) -> list[TrainedOn]:
+    """Records of a forecast model as a config names it (:class:`~aivarda.models.config.ModelConfig`,
+    its mapping, a model YAML or a checkpoint path): an aivarda checkpoint's records; a ``module``
+    with a state dict is of unknown provenance; a ``module`` without weights learned nothing."""
+    from aivarda.config import load_config, validate
+    from aivarda.models.config import ModelConfig
+
+    if isinstance(model, (str, Path)):
+        if Path(model).suffix not in (".yaml", ".yml"):
+            return trained_on_of_checkpoint(expand(model))
+        model = load_config(model, ModelConfig)
+    elif isinstance(model, dict):
+        model = validate(ModelConfig, model, "model")
+    if model.module is None:
+        return trained_on_of_checkpoint(expand(model.checkpoint))
+    if model.checkpoint is not None:
+        return [TrainedOn(f"module {model.module} weights {Path(model.checkpoint).name}", note="a plain state dict")]
+    return []
+
+
+def trained_on_of_background_error(b: Any) -> list[TrainedOn]:
+    """Records of a ``background_error`` section (a mapping or its config object): the GEN_BE file
+    of ``type: genbe``; other types read no fitted file (a diagonal B's statistics: see
+    :func:`trained_on_of_norm_stats`)."""
+    get = b.get if isinstance(b, dict) else lambda key, default=None: getattr(b, key, default)
+    if get("type") == "genbe":
+        return trained_on_of_genbe(expand(get("file")))
+    return []
+
+
+def trained_on_of_norm_stats(stats: Any, source: Any, what: str = "normalisation statistics") -> list[TrainedOn]:
+    """The record of :class:`~aivarda.data.stats.NormStats` computed on ``source`` (their
+    ``span``); statistics without a span (older caches) are of unknown provenance."""
+    from aivarda.data.fingerprint import trained_on_record
+
+    if getattr(stats, "span", None) is None:
+        return [TrainedOn(what, note="statistics written before their span was recorded")]
+    return [trained_on_record(what, source, [TimeSpan(*stats.span, label="statistics")], verb="computed on")]
+
+
+def expand(path: Any) -> Path:
+    from aivarda.paths import expand_path
+
+    return expand_path(path)
+
+
+def guard_run(
+    evaluated: Any, source: Any, artefacts: list[TrainedOn], *, allow_in_sample: bool = False
+) -> dict[str, Any]:
+    """The leakage guard for a run that scores ``evaluated`` (a :class:`TimeSpan` or times) against
+    the truth of ``source`` (a store path or a source with ``.path``) with ``artefacts``: raises
+    :class:`~aivarda.errors.LeakageError` on an overlap unless ``allow_in_sample``; returns the
+    record to stamp on every output (``provenance_record`` plus the store's content fingerprint),
+    whose ``warnings`` the driver also prints."""
+    from aivarda.data.fingerprint import store_identity
+    from aivarda.provenance import check_out_of_sample, provenance_record
+
+    identity = store_identity(source)
+    warnings = check_out_of_sample(
+        evaluated, artefacts, store_fingerprint=identity.fingerprint, origin=identity.origin,
+        allow_in_sample=allow_in_sample,
+    )
+    record = provenance_record(
+        evaluated, artefacts, store_fingerprint=identity.fingerprint, origin=identity.origin, warnings=warnings
+    )
+    return {**record, "store": identity.path, "store_content": identity.content}
