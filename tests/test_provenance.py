@@ -265,3 +265,20 @@ def test_model_background_error_and_statistics_records(mini_wb2_store):
     (stats,) = trained_on_of_norm_stats(compute_norm_stats(source, progress=False), source)
     # 6-hour pairs of the train span 2020-01-01T00 … 01-02T18: the states read
     assert stats.spans == (TimeSpan(T("2020-01-01T00"), T("2020-01-02T18"), "statistics"),)
+
+
+def test_provenance_cli_prints_records_and_checks_a_period(trained, capsys):
+    from aivarda.cli import main
+
+    store, best = trained
+    assert main(["provenance", str(best)]) == 0
+    assert capsys.readouterr().out.startswith("best.pt (forecast model tiny) trained on 2001-01-01T00:00…2001-01-09T12:00 (train)")
+    period = ["--store", str(store), "--from", "2001-01-05", "--to", "2001-01-06"]
+    assert main(["provenance", str(best), *period]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("aivarda: error: best.pt (forecast model tiny) was trained on")
+    assert main(["provenance", str(best), *period, "--allow-in-sample", "--json"]) == 0
+    stamped = json.loads(capsys.readouterr().out)
+    assert stamped["in_sample"] is True and stamped["warnings"][0].startswith(IN_SAMPLE)
+    assert main(["provenance", str(best), "--store", str(store), "--from", "2001-01-12", "--to", "2001-01-13"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("out of sample")

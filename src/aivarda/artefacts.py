@@ -220,3 +220,37 @@ def guard_run(
         evaluated, artefacts, store_fingerprint=identity.fingerprint, origin=identity.origin, warnings=warnings
     )
     return {**record, "store": identity.path, "store_content": identity.content}
+
+
+def trained_on_of_file(path: str | Path) -> list[TrainedOn]:
+    """Records of any aivarda artefact file (forecast-model checkpoint, GEN_BE statistics, NMC samples)."""
+    path = Path(path)
+    fmt = _load(path, "artefact file").get("format")
+    if fmt == "aivarda-forecast-model":
+        return trained_on_of_checkpoint(path)
+    if fmt in ("aivarda-genbe", "aivarda-nmc-samples"):
+        return trained_on_of_genbe(path)
+    raise DataError(f"{path}: not an aivarda checkpoint, GEN_BE statistics or NMC sample file (format {fmt!r})")
+
+
+def main(args: Any) -> int:
+    """``aivarda provenance FILE... [--store STORE --from T --to T [--allow-in-sample]] [--json]``."""
+    import json
+
+    records = [r for f in args.files for r in trained_on_of_file(f)]
+    check = None
+    if args.store is not None or args.start is not None or args.end is not None:
+        if args.store is None or args.start is None or args.end is None:
+            raise DataError("provenance: --store, --from and --to go together (the period a run would score)")
+        check = guard_run(TimeSpan(args.start, args.end), args.store, records, allow_in_sample=args.allow_in_sample)
+    if args.json:
+        print(json.dumps(check or {"artefacts": [r.to_dict() for r in records]}, indent=1))
+        return 0
+    for r in records:
+        print(r.describe() + (f"  [{r.note}]" if r.note and r.known else ""))
+    if check is not None:
+        for w in check["warnings"]:
+            print(f"warning: {w}")
+        print(f"{check['evaluated']['start']} … {check['evaluated']['end']} of {args.store}: "
+              + ("IN-SAMPLE (allowed)" if check["in_sample"] else "out of sample"))
+    return 0
