@@ -48,7 +48,9 @@ UNKNOWN = "unknown provenance"
 """Prefix of the warnings for artefacts without a training record."""
 
 
-def _time(value: Any, what: str) -> np.datetime64:
+def parse_time(value: Any, what: str = "time") -> np.datetime64:
+    """``np.datetime64[ns]`` of an ISO string, ``datetime`` or ``datetime64``; anything else is a
+    DataError naming ``what``."""
     try:
         t = np.datetime64(value.strip() if isinstance(value, str) else value, "ns")
     except (ValueError, TypeError):
@@ -75,7 +77,7 @@ class TimeSpan:
     label: str = ""
 
     def __post_init__(self) -> None:
-        start, end = _time(self.start, "time span start"), _time(self.end, "time span end")
+        start, end = parse_time(self.start, "time span start"), parse_time(self.end, "time span end")
         if end < start:
             raise DataError(f"time span {_short(start)}…{_short(end)}: end is before start")
         object.__setattr__(self, "start", start)
@@ -139,7 +141,7 @@ class TrainedOn:
     def __post_init__(self) -> None:
         object.__setattr__(self, "spans", tuple(self.spans))
         if self.origin is not None:
-            object.__setattr__(self, "origin", _time(self.origin, f"{self.what}: origin"))
+            object.__setattr__(self, "origin", parse_time(self.origin, f"{self.what}: origin"))
 
     @property
     def known(self) -> bool:
@@ -252,7 +254,7 @@ def check_out_of_sample(
             overlapping scored span, unless ``allow_in_sample``.
     """
     ev, hull = _as_evaluated(evaluated)
-    eval_origin = None if origin is None else _time(origin, "leakage guard: origin")
+    eval_origin = None if origin is None else parse_time(origin, "leakage guard: origin")
     unknown: list[str] = []
     leaks: list[str] = []
     for a in artefacts:
@@ -296,7 +298,7 @@ def provenance_record(
     return {
         "evaluated": hull.to_dict(),
         "store_fingerprint": store_fingerprint,
-        "origin": None if origin is None else _iso(_time(origin, "origin")),
+        "origin": None if origin is None else _iso(parse_time(origin, "origin")),
         "in_sample": any(w.startswith(IN_SAMPLE) for w in warnings),
         "warnings": list(warnings),
         "artefacts": records_to_json(artefacts),

@@ -23,6 +23,7 @@ import torch
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
+from aivarda.provenance import parse_time
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -61,13 +62,7 @@ class FieldSource(Protocol):
 # --------------------------------------------------------------------------------------- helpers
 def as_time(value: TimeLike) -> np.datetime64:
     """Convert a time-like value to ``np.datetime64[ns]``; a bad string raises DataError."""
-    try:
-        out = np.datetime64(value, "ns") if not isinstance(value, str) else np.datetime64(value.strip(), "ns")
-    except (ValueError, TypeError):
-        raise DataError(f"time: cannot read {value!r} as a time (expected ISO format like 2020-01-01T06:00)") from None
-    if np.isnat(out):
-        raise DataError(f"time: {value!r} is not a valid time")
-    return out
+    return parse_time(value, "time")
 
 
 def as_times(values: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
