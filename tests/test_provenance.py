@@ -116,10 +116,15 @@ def test_nature_run_fingerprint_identifies_the_trajectory():
     default = NatureRunConfig()
     assert nature_run_fingerprint(default) == nature_run_fingerprint(NatureRunConfig())
     # other output spans: the same states at the common times, so the same trajectory
-    two_weeks = NatureRunConfig(spans={"eval": SpanConfig(start=datetime(2000, 1, 15), end=datetime(2000, 1, 16), interval_hours=1)})
+    two_weeks = NatureRunConfig(
+        spans={"eval": SpanConfig(start=datetime(2000, 1, 15), end=datetime(2000, 1, 16), interval_hours=1)}
+    )
     assert nature_run_fingerprint(two_weeks) == nature_run_fingerprint(default)
     # the date only labels the states (the forcing has no calendar): the origin moves, not the fingerprint
-    moved = NatureRunConfig(start=datetime(2000, 8, 1), spans={"eval": SpanConfig(start=datetime(2000, 8, 1), end=datetime(2000, 8, 2), interval_hours=6)})
+    moved = NatureRunConfig(
+        start=datetime(2000, 8, 1),
+        spans={"eval": SpanConfig(start=datetime(2000, 8, 1), end=datetime(2000, 8, 2), interval_hours=6)},
+    )
     assert nature_run_fingerprint(moved) == nature_run_fingerprint(default)
     # another seed, resolution or forcing is another world
     others = [NatureRunConfig(seed=1), NatureRunConfig(resolution="T31"), NatureRunConfig(perturbation_kelvin=0.2),

@@ -28,7 +28,9 @@ import numpy as np
 from aivarda.errors import DataError
 from aivarda.provenance import TimeSpan, TrainedOn, records_from_json
 
-DERIVED_NOTE = "derived from the training configuration the checkpoint recorded (written before aivarda recorded provenance)"
+DERIVED_NOTE = (
+    "derived from the training configuration the checkpoint recorded (written before aivarda recorded provenance)"
+)
 
 
 def _load(path: Path, what: str) -> dict[str, Any]:
@@ -115,7 +117,9 @@ def derived_from_training_config(meta: dict[str, Any], what: str) -> TrainedOn:
     else:
         identity = store_identity(store)
         fingerprint, origin, content = identity.fingerprint, identity.origin, identity.content
-    return TrainedOn(what, tuple(spans), str(store) if store else None, fingerprint, origin, "trained on", content, DERIVED_NOTE)
+    return TrainedOn(
+        what, tuple(spans), str(store) if store else None, fingerprint, origin, "trained on", content, DERIVED_NOTE
+    )
 
 
 def trained_on_of_genbe(path: str | Path) -> list[TrainedOn]:
@@ -150,7 +154,8 @@ def _derived_from_samples_metadata(meta: dict[str, Any], what: str) -> TrainedOn
     back = float(meta.get("long_lead_hours", meta.get("lag_hours", 0)))
     start = times[0] - np.timedelta64(int(round(back * 3600)), "s")
     record = trained_on_record(what, store, [TimeSpan(start, times[-1], str(meta.get("span") or ""))], "fitted on")
-    return replace(record, note="derived from the sample metadata: the whole span (written before aivarda recorded provenance)")
+    note = "derived from the sample metadata: the whole span (written before aivarda recorded provenance)"
+    return replace(record, note=note)
 
 
 # ------------------------------------------------------------------------------------------ drivers

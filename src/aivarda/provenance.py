@@ -153,7 +153,7 @@ class TrainedOn:
         return replace(self, what=f"{self.what} {name}".strip())
 
     def describe(self) -> str:
-        """One line, e.g. ``forecast model x.pt trained on 2000-01-01T00:00…2000-06-23T12:00 (train), … of store 3f2a…``."""
+        """One line, e.g. ``x.pt trained on 2000-01-01T00:00…2000-06-23T12:00 (train), … of store 3f2a…``."""
         if not self.known:
             return f"{self.what}: {UNKNOWN}" + (f" ({self.note})" if self.note else "")
         spans = ", ".join(s.text() + (f" ({s.label})" if s.label else "") for s in self.spans)
@@ -207,7 +207,9 @@ def _duration(span: TimeSpan, n_times: int | None) -> str:
     return length if n_times is None else f"{n_times} times, {length}"
 
 
-def _overlap(evaluated: TimeSpan | np.ndarray, span: TimeSpan, shift: np.timedelta64) -> tuple[TimeSpan, int | None] | None:
+def _overlap(
+    evaluated: TimeSpan | np.ndarray, span: TimeSpan, shift: np.timedelta64
+) -> tuple[TimeSpan, int | None] | None:
     """The part of ``evaluated`` (shifted into the artefact's time) inside ``span``, and how many
     evaluated times that is (``None`` for a continuous span)."""
     if isinstance(evaluated, TimeSpan):
