@@ -153,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.background.genbe.cli:genbe_main"))
 
+    # --- provenance ---------------------------------------------------------------------------
+    p = sub.add_parser("provenance", help="what checkpoints/B files were trained on; check a period is out of sample")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="forecast-model checkpoints, GEN_BE or NMC files")
+    p.add_argument("--store", type=Path, default=None, help="the store a run would score against")
+    p.add_argument("--from", dest="start", default=None, help="first scored time (ISO), with --store")
+    p.add_argument("--to", dest="end", default=None, help="last scored time (ISO), with --store")
+    p.add_argument("--allow-in-sample", action="store_true", help="report an overlap instead of refusing")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.artefacts:main"))
+
     return parser
 
 
