@@ -38,7 +38,7 @@ from torch import Tensor
 
 from aivarda.assimilation.analysis import analyse_window
 from aivarda.assimilation.minimizer import AnalysisResult
-from aivarda.components import DAExperimentConfig, build_components
+from aivarda.components import DAExperimentConfig, build_components, leakage_guard
 from aivarda.config import Duration, StrictModel, load_config
 from aivarda.data.sources import FieldSource, open_source
 from aivarda.errors import DataError
@@ -105,6 +105,7 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
     span = full if cfg.span is None else open_source(cfg.data, span=cfg.span)
     start = _window_start(cfg, span, full, method.window_offsets(), str(getattr(span, "path", "source")))
     window = method.window(start, parts.window_model)
+    provenance = leakage_guard(cfg, parts, window.times, [])
     truth_window = full.states(window.times)  # [T, C, H, W]
     x_b = full.state(window.start - to_timedelta64(cfg.background.lag))
     io_seconds = wallclock.perf_counter() - t0
@@ -131,6 +132,7 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
         ),
         "minimizer": minimizer_summary(result),
         "wall_seconds": {"io": io_seconds, "minimisation": wa.minimise_seconds},
+        "provenance": provenance,
     }
     return SingleAnalysis(geometry, truth, x_b, result, wa.observations, metrics)
 
@@ -207,6 +209,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     """``aivarda assimilate CONFIG [--out DIR] [--json]``."""
     cfg = load_config(args.config, AnalyseConfig)
+    if getattr(args, "allow_in_sample", False):
+        cfg.allow_in_sample = True
     out = Path(args.out) if args.out is not None else cfg.output_dir
     _check_output_dir(out)
     run = run_single_analysis(cfg, progress=not args.json)

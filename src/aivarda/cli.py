@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the config's output_dir)")
     _add_json(p)
+    p.add_argument("--allow-in-sample", action="store_true",
+                   help="score a period a model/B/statistics was trained on (stamped on every output)")
     p.set_defaults(func=_handler("aivarda.assimilate:main"))
 
     # --- cycling ------------------------------------------------------------------------------
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: the config's output_dir)")
     _add_json(p)
+    p.add_argument("--allow-in-sample", action="store_true",
+                   help="score a period a model/B/statistics was trained on (stamped on every output)")
     p.set_defaults(func=_handler("aivarda.cycling.runner:main"))
 
     p = sub.add_parser("report", help="table and figures comparing cycling runs")

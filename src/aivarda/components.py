@@ -6,16 +6,21 @@ system, the method, its window model); :func:`build_components` turns it into bu
 - the field source (the truth) and its :class:`~aivarda.geometry.Geometry`;
 - the method (:data:`~aivarda.assimilation.methods.METHODS`) and, when the method declares it
   needs one, its window model (checked against the data's geometry);
-- the normalisation statistics, the per-channel background-error std σ_b (std of differences of
-  the truth ``error_hours`` apart) and the observation simulator;
+- the normalisation statistics (computed on ``statistics_span``, by default the store's ``train``
+  span, never on the period a run scores), the per-channel background-error std σ_b (std of
+  differences of the truth ``error_hours`` apart) and the observation simulator;
 - the background-error model (control transform), built once; a B whose config declares
   ``needs_ensemble`` is updated with the members every cycle through the method.
 
-Drivers receive these parts and never branch on a method's or a B's name.
+Drivers receive these parts and never branch on a method's or a B's name. Before they score
+anything they call :func:`leakage_guard`: the run refuses (one line) to score a period that any
+artefact it uses — forecast models, B files, statistics — was trained or fitted on
+(:mod:`aivarda.provenance`), unless ``allow_in_sample`` (then every output is stamped).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +41,7 @@ from aivarda.background.transforms import ControlTransform
 from aivarda.config import ExperimentConfig
 from aivarda.data.sources import FieldSource, open_source
 from aivarda.data.stats import NormStats, load_or_compute_norm_stats
-from aivarda.errors import ConfigError
+from aivarda.errors import ConfigError, DataError
 from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel
 from aivarda.models.checkpoint import load_forecast_model
@@ -55,6 +60,12 @@ class DAExperimentConfig(ExperimentConfig):
     assimilation: AssimilationSection = Field(default_factory=ThreeDVarConfig)
     window_model: ModelConfig | None = Field(
         default=None, description="forecast model stepping through the window (methods that need one)"
+    )
+    statistics_span: str | None = Field(
+        default="train", description="span of the store the normalisation statistics are computed on (null: all)"
+    )
+    allow_in_sample: bool = Field(
+        default=False, description="score a period an artefact was trained/fitted on (stamped on every output)"
     )
 
     @field_validator("assimilation", mode="before")
@@ -82,6 +93,7 @@ class Components:
     """The built parts of an experiment (see the module docstring)."""
 
     source: FieldSource
+    statistics_source: FieldSource
     geometry: Geometry
     method: Method
     window_model: ForecastModel | None
@@ -114,11 +126,42 @@ def build_components(cfg: DAExperimentConfig, *, error_hours: float, progress: b
     geometry = Geometry(source.grid, source.layout)
     device = cfg.torch_device()
     window_model = None if model_cfg is None else load_model(model_cfg, geometry, "window_model", device)
-    stats = load_or_compute_norm_stats(source, diff_hours=error_hours, progress=progress)
+    stats_source = source
+    if cfg.statistics_span is not None:
+        try:
+            stats_source = open_source(cfg.data, span=cfg.statistics_span)
+        except DataError as exc:
+            raise ConfigError(f"statistics_span: {exc} (set statistics_span: null to use the whole store)") from None
+    stats = load_or_compute_norm_stats(stats_source, diff_hours=error_hours, progress=progress)
     background_std = stats.diff_std.to(device, torch.float32)
     simulator = ObservationSimulator(cfg.observations, geometry.grid, geometry.layout, stats.std, seed=cfg.seed)
     b_cfg = cfg.assimilation.background_error
     context = TransformContext(geometry.state_shape, torch.float32, geometry, background_std)
     transform = build_transform(b_cfg, context)
     b_needs_ensemble = BACKGROUNDS.entry(b_cfg.type).config.needs_ensemble
-    return Components(source, geometry, method, window_model, stats, background_std, simulator, transform, b_needs_ensemble)
+    return Components(source, stats_source, geometry, method, window_model, stats, background_std, simulator,
+                      transform, b_needs_ensemble)
+
+
+def leakage_guard(cfg: DAExperimentConfig, parts: Components, evaluated: Any, models: list[ModelConfig]) -> dict[str, Any]:
+    """Refuse to score ``evaluated`` (a :class:`~aivarda.provenance.TimeSpan` or times) when any
+    artefact of the run — the forecast ``models``, the window model, the B's files, the
+    normalisation statistics — was trained or fitted on it (:class:`~aivarda.errors.LeakageError`,
+    one line) unless ``cfg.allow_in_sample``; prints the warnings and returns the record to stamp
+    on the outputs."""
+    from aivarda.artefacts import (
+        guard_run,
+        trained_on_of_background_error,
+        trained_on_of_model,
+        trained_on_of_norm_stats,
+    )
+
+    if parts.window_model is not None:
+        models = [*models, cfg.window_model_config()]
+    artefacts = [record for m in models for record in trained_on_of_model(m)]
+    artefacts += trained_on_of_background_error(cfg.assimilation.background_error)
+    artefacts += trained_on_of_norm_stats(parts.stats, parts.statistics_source, "normalisation statistics (σ_clim, σ_b)")
+    record = guard_run(evaluated, parts.source, artefacts, allow_in_sample=cfg.allow_in_sample)
+    for warning in record["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return record

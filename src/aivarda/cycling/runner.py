@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from aivarda.assimilation.analysis import analyse_window
-from aivarda.components import build_components, load_model
+from aivarda.components import build_components, leakage_guard, load_model
 from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.cycling.ensemble import LaggedEnsemble, initial_truth_times
@@ -46,7 +46,10 @@ from aivarda.cycling.outputs import (
 from aivarda.cycling.state import RunDirectory
 from aivarda.errors import DataError
 from aivarda.evaluation.diagnostics import minimizer_summary, observation_space, state_scores
-from aivarda.files import atomic_write
+from aivarda.evaluation.metrics import baseline_scores
+from aivarda.evaluation.provenance import code_provenance
+from aivarda.files import atomic_write, atomic_write_json
+from aivarda.provenance import TimeSpan
 from aivarda.models.base import iterate_trajectory
 from aivarda.timeaxis import hours, steps_between, to_timedelta64
 
@@ -90,12 +93,24 @@ class CyclingRunner:
         self.stats = parts.stats
         self.forecast_cycles = int(cfg.forecast.lead / cfg.cycle_time) if cfg.forecast.every else 0
         self._check_truth()
+        self.provenance = leakage_guard(cfg, parts, self._scored_span(), [model_cfg])
+        from aivarda.data.stats import climatology
+
+        self.climatology = climatology(parts.statistics_source, progress=self.progress).to(self.device)
+
+    def _scored_span(self) -> TimeSpan:
+        """Every valid time the run scores: analyses, the window times, forecasts (to the store's end)."""
+        last = self.times[-1] + self.window.offsets[-1]
+        if self.forecast_cycles:
+            last = max(last, min(self.times[-1] + self.forecast_cycles * self.cycle_step, self.source.times[-1]))
+        return TimeSpan(self.times[0], last)
 
     def _initial_truth_times(self) -> np.ndarray:
         return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.cfg.dynamic_member)
 
     def _check_truth(self) -> None:
-        needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.window.offsets[None, :]).ravel()])
+        needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.window.offsets[None, :]).ravel(),
+                                 (self.times - self.cycle_step).astype("datetime64[ns]")])  # persistence baseline
         missing = needed[~np.isin(needed, self.truth_times)]
         if missing.size:
             raise DataError(
@@ -115,6 +130,10 @@ class CyclingRunner:
         run_dir.check(resume)
         self._setup()  # validates models and data before anything is written
         state, records = run_dir.open(dump, n_cycles, resume)
+        metadata = self.out / "metadata.json"
+        if not metadata.is_file():  # the code, host, store and leakage record of the run's first start
+            atomic_write_json(metadata, {**code_provenance(), "store_fingerprint": self.provenance["store_fingerprint"],
+                                         "store_content": self.provenance["store_content"], "leakage": self.provenance})
         self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles)
         attrs = {"source": "aivarda cycling", "experiment": cfg.name, "method": self.method.name,
                  "aivarda_grid": self.grid.to_dict()}
@@ -164,6 +183,7 @@ class CyclingRunner:
         members = self.ensemble.ensemble(n).to(self.device) if self.needs_members else None
         window = self.window.at(t)
         truth_window = self.source.states(window.times).to(self.device)
+        previous_truth = self.source.state((t - self.cycle_step).astype("datetime64[ns]")).to(self.device)
         wall["io"] += wallclock.perf_counter() - tic
         self.hook(n, "background")
 
@@ -185,6 +205,8 @@ class CyclingRunner:
 
         tic = wallclock.perf_counter()
         scores = state_scores(self.geometry, truth_window[0], x_b, x_a, self.stats.std)
+        baselines = baseline_scores(self.grid, truth_window[0], previous_truth, self.climatology, layout.names,
+                                    self.stats.std)
         obs_space = observation_space(wa.observations, self.geometry,
                                       {"O-B": wa.background_window, "O-A": wa.analysis_window})
         wall["observations"] += wallclock.perf_counter() - tic
@@ -216,7 +238,7 @@ class CyclingRunner:
 
         wall["total"] = wallclock.perf_counter() - start
         row = metrics_row(n, t, self.method.name, scores, wa.observations.counts(), obs_space,
-                          minimizer_summary(wa.result), wall)
+                          minimizer_summary(wa.result), wall, baselines=baselines)
         return {"row": row, "forecast": forecast}
 
     def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float]) -> tuple[Tensor, dict[str, Any] | None]:
@@ -261,6 +283,8 @@ def main(args: argparse.Namespace) -> int:
     from aivarda.evaluation.report import format_table, load_run, run_summary
 
     cfg = load_config(args.config, CyclingConfig)
+    if getattr(args, "allow_in_sample", False):
+        cfg.allow_in_sample = True
     out = Path(args.out) if args.out is not None else Path(cfg.output_dir)
     run_experiment(cfg, out, resume=args.resume, progress=not args.json)
     run = load_run(out)
