@@ -53,7 +53,7 @@ def test_cycling_quickstart_with_shipped_models(
         model = build_forecast_model(arch, stats, source.grid, layout, dt)
         save_checkpoint(tmp_path / name, checkpoint_dict(model))
     monkeypatch.setattr(cycling_config, "DEFAULT_MODEL", tmp_path / "fengwu_6h.pt")
-    monkeypatch.setattr(cycling_config, "DEFAULT_FLOW_MODEL", tmp_path / "fengwu_1h.pt")
+    monkeypatch.setattr(cycling_config, "DEFAULT_WINDOW_MODEL", tmp_path / "fengwu_1h.pt")
     out = tmp_path / "out"
     out.mkdir()
     genbe = genbe_statistics(tiny_nature_run, tiny=True, progress=False)
