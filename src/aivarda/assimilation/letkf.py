@@ -207,10 +207,14 @@ def periodic_local_obs(
 
 
 def batched_domains(x: Tensor, batch: int) -> Tensor:
-    """``[K, n] → [K, batch, n // batch]``: variable ``d·batch + b`` goes to ``[:, b, d]``, so that
-    domain ``d`` (trailing dimension) is DAPPER's batch ``d`` of :func:`periodic_local_obs`.
-    The inverse is ``.transpose(-1, -2).reshape(K, n)``."""
+    """``[..., n] → [..., batch, n // batch]``: variable ``d·batch + b`` goes to ``[..., b, d]``,
+    so that domain ``d`` (trailing dimension) is DAPPER's batch ``d`` of :func:`periodic_local_obs`."""
     return x.reshape(*x.shape[:-1], -1, batch).transpose(-1, -2)
+
+
+def unbatched_domains(x: Tensor) -> Tensor:
+    """Inverse of :func:`batched_domains`: ``[..., batch, D] → [..., batch·D]``."""
+    return x.transpose(-1, -2).reshape(*x.shape[:-2], -1)
 
 
 def great_circle(lat1: Tensor, lon1: Tensor, lat2: Tensor, lon2: Tensor) -> Tensor:
