@@ -30,7 +30,7 @@ After the update, per state variable (in this order; each optional):
 
 - RTPP (Zhang et al. 2004): ``X'_a ← (1 − α) X'_a + α X'_f``;
 - RTPS (Whitaker & Hamill 2012): ``X'_a ← X'_a · (α σ_f + (1 − α) σ_a) / σ_a`` with ``σ`` the
-  ensemble standard deviations (``α = 1`` restores the forecast spread exactly);
+  ensemble standard deviations (``α = 1`` restores the forecast spread);
 - posterior multiplicative inflation ``X'_a ← λ X'_a`` (DAPPER's ``infl``, applied after the
   analysis in ``post_process``);
 - a random mean-preserving rotation ``X'_a ← X'_a Tᵀ`` with ``T = V diag(1, Q) Vᵀ``, ``V`` an
@@ -341,18 +341,25 @@ def letkf_update(
     s_full = (Y_f.to(dtype) - y_mean) / sigma  # [K, N]
     d_full = (y.to(dtype) - y_mean) / sigma  # [N]
 
+    # Increments, so that a domain without observations (w̄ = 0, W_a = √ρ I) keeps its members
+    # bit for bit when ρ = 1: x_a,k = x_f,k + X'w̄ + X'(W_a − I)_k.
+    d_mean = torch.empty_like(x_mean)
     xa_anom = torch.empty_like(xf_anom)
-    x_a_mean = torch.empty_like(x_mean)
     width = max(1, int(local.index.shape[1]))
     chunk = max(1, chunk_elements // (K * width))
     index, taper = local.index.to(X_f.device), local.taper.to(device=X_f.device, dtype=dtype)
+    eye = torch.eye(K, dtype=dtype, device=X_f.device)
     for c0 in range(0, n_domains, chunk):
-        idx, sq = index[c0 : c0 + chunk], taper[c0 : c0 + chunk].sqrt()
+        idx, tap = index[c0 : c0 + chunk], taper[c0 : c0 + chunk]
+        sq = tap.sqrt()
         S = s_full[:, idx].permute(1, 0, 2) * sq[:, None, :]  # [c, K, L]
         w_mean, w_a = ensemble_transform(S, d_full[idx] * sq, config.inflation)
+        unseen = (tap == 0).all(1)  # no observation within the cutoff
+        w_mean = torch.where(unseen[:, None], 0.0, w_mean)
+        w_a = torch.where(unseen[:, None, None], math.sqrt(config.inflation) * eye, w_a) - eye
         anom = xf_anom[:, :, c0 : c0 + chunk]  # [K, M, c]
-        x_a_mean[:, c0 : c0 + chunk] = x_mean[:, c0 : c0 + chunk] + torch.einsum("jmc,cj->mc", anom, w_mean)
-        xa_anom[:, :, c0 : c0 + chunk] = torch.einsum("jmc,cjk->kmc", anom, w_a)
+        d_mean[:, c0 : c0 + chunk] = torch.einsum("jmc,cj->mc", anom, w_mean)
+        xa_anom[:, :, c0 : c0 + chunk] = anom + torch.einsum("jmc,cjk->kmc", anom, w_a)
 
     xa_anom = relax(xa_anom, xf_anom, rtps=config.rtps, rtpp=config.rtpp)
     if config.posterior_inflation != 1.0:
@@ -360,20 +367,21 @@ def letkf_update(
     if config.random_rotation:
         rot = random_rotation(K, generator, dtype).to(xa_anom.device)
         xa_anom = torch.einsum("kj,jmc->kmc", rot, xa_anom)
-    return (x_a_mean + xa_anom).reshape(X_f.shape).to(X_f.dtype)
+    return (xf + d_mean + (xa_anom - xf_anom)).reshape(X_f.shape).to(X_f.dtype)
 
 
 def relax(xa_anom: Tensor, xf_anom: Tensor, *, rtps: float = 0.0, rtpp: float = 0.0) -> Tensor:
     """Relaxation of the analysis anomalies ``[K, ...]`` towards the forecast's, per variable.
 
-    RTPP: ``(1 − α) X'_a + α X'_f``. RTPS: ``X'_a (α σ_f + (1 − α) σ_a) / σ_a`` (``σ`` the
-    ensemble standard deviation; where ``σ_a = 0`` the anomalies stay as they are).
+    RTPP: ``X'_f + (1 − α)(X'_a − X'_f)``. RTPS: ``X'_a [1 + α (σ_f − σ_a) / σ_a]``
+    (``σ`` the ensemble standard deviation; where ``σ_a = 0`` the anomalies stay as they are).
+    Written so that unchanged anomalies stay exactly unchanged.
     """
     if rtpp:
-        xa_anom = (1.0 - rtpp) * xa_anom + rtpp * xf_anom
+        xa_anom = xf_anom + (1.0 - rtpp) * (xa_anom - xf_anom)
     if rtps:
         sd_a, sd_f = xa_anom.std(0), xf_anom.std(0)
-        factor = torch.where(sd_a > 0, (rtps * sd_f + (1.0 - rtps) * sd_a) / sd_a.where(sd_a > 0, 1.0), 1.0)
+        factor = 1.0 + torch.where(sd_a > 0, rtps * (sd_f - sd_a) / sd_a.where(sd_a > 0, 1.0), 0.0)
         xa_anom = xa_anom * factor
     return xa_anom
 
