@@ -75,12 +75,14 @@ def test_no_localisation_equals_kalman(rho: float, state_shape: tuple[int, ...],
         LocalObs.everywhere(n_domains, len(y)),
         LocalObs.from_distances(torch.rand(n_domains, len(y), dtype=F64), math.inf),
     ):
-        x_a = letkf_update(x_f, y_f, y, sigma, local, LETKFConfig(inflation=rho), domain_ndim=domain_ndim)
-        assert x_a.shape == x_f.shape
-        mean, cov = moments(x_a)
-        mean_k, cov_k = kalman(x_f, h, y, sigma, rho)
-        torch.testing.assert_close(mean, mean_k, rtol=1e-11, atol=1e-12)
-        torch.testing.assert_close(cov, cov_k, rtol=1e-10, atol=1e-12)
+        for chunk in (1 << 24, 1):  # all domains at once / one domain per chunk
+            cfg = LETKFConfig(inflation=rho)
+            x_a = letkf_update(x_f, y_f, y, sigma, local, cfg, domain_ndim=domain_ndim, chunk_elements=chunk)
+            assert x_a.shape == x_f.shape
+            mean, cov = moments(x_a)
+            mean_k, cov_k = kalman(x_f, h, y, sigma, rho)
+            torch.testing.assert_close(mean, mean_k, rtol=1e-11, atol=1e-12)
+            torch.testing.assert_close(cov, cov_k, rtol=1e-10, atol=1e-12)
 
 
 def test_float32_input_keeps_dtype_and_float64_option() -> None:

@@ -154,19 +154,23 @@ class LocalObs:
     def from_distances(cls, distance: Tensor, half_width: float, min_taper: float = DEFAULT_MIN_TAPER) -> LocalObs:
         """From dense distances ``[D, N]`` (small problems): taper ``GC(distance / half_width)``;
         ``half_width = inf`` means no localisation."""
-        taper = gaspari_cohn(distance.to(torch.float64) / half_width)
-        return cls._pack(taper, torch.arange(distance.shape[1], device=distance.device), min_taper, distance.shape[1])
+        obs_index = torch.arange(distance.shape[1], device=distance.device)
+        return cls._from_candidates(distance.to(torch.float64), obs_index, half_width, min_taper, distance.shape[1])
 
     @classmethod
-    def _pack(cls, taper: Tensor, obs_index: Tensor, min_taper: float, n_obs: int) -> LocalObs:
-        """Keep ``taper > min_taper`` of ``taper [D, M]`` (columns are observations ``obs_index [M]``)."""
-        keep = taper > min_taper
-        width = int(keep.sum(1).max()) if keep.numel() else 0
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
-        kept = torch.gather(keep, 1, order)
+    def _from_candidates(
+        cls, distance: Tensor, obs_index: Tensor, half_width: float, min_taper: float, n_obs: int, near: Tensor | None = None
+    ) -> LocalObs:
+        """``distance [D, M]`` to the candidate observations ``obs_index`` (``[M]``, or ``[D, M]``
+        per domain); the taper is only evaluated where ``near`` (default: ``distance < 2·half_width``)."""
+        obs_index = obs_index.expand(distance.shape) if obs_index.ndim == 1 else obs_index
+        cols, valid = _compact(distance < 2 * half_width if near is None else near)
+        taper = torch.where(valid, gaspari_cohn(torch.gather(distance, 1, cols) / half_width), 0.0)
+        keep_cols, keep = _compact(taper > min_taper)
+        chosen = torch.gather(cols, 1, keep_cols)
         return cls(
-            torch.where(kept, obs_index[order], torch.zeros_like(order)),
-            torch.where(kept, torch.gather(taper, 1, order), torch.zeros((), dtype=taper.dtype, device=taper.device)),
+            torch.where(keep, torch.gather(obs_index, 1, chosen), 0),
+            torch.where(keep, torch.gather(taper, 1, keep_cols), 0.0),
             n_obs,
         )
 
@@ -178,6 +182,17 @@ class LocalObs:
         index = torch.cat([torch.nn.functional.pad(p.index, (0, w)) for p, (_, w) in zip(parts, pad)])
         taper = torch.cat([torch.nn.functional.pad(p.taper, (0, w)) for p, (_, w) in zip(parts, pad)])
         return cls(index, taper, parts[0].n_obs)
+
+
+def _compact(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The columns where ``mask [R, M]`` is true, left-aligned: ``cols [R, width]`` and
+    ``valid [R, width]`` (``width`` the largest count; padding has column 0, valid false)."""
+    counts = mask.sum(1)
+    width = int(counts.max()) if mask.numel() else 0
+    cols = torch.zeros(mask.shape[0], width, dtype=torch.int64, device=mask.device)
+    rows, m = mask.nonzero(as_tuple=True)
+    cols[rows, (mask.cumsum(1) - 1)[rows, m]] = m
+    return cols, torch.arange(width, device=mask.device) < counts[:, None]
 
 
 def periodic_local_obs(
@@ -238,9 +253,10 @@ def sphere_local_obs(
     """Local observations of every grid column (domain ``d = j·W + i``, row-major ``[H, W]``).
 
     Taper ``GC(a·θ / (1.82 ℓ))`` of the great-circle distance ``a·θ`` (``a = radius``). No dense
-    ``[H·W, N]`` matrix: the observations are sorted by latitude, and a grid row only measures
-    the distances to those within the cutoff in latitude (a lower bound of the great-circle
-    distance), ``chunk_elements`` distances at a time.
+    ``[H·W, N]`` matrix: the observations are sorted by latitude, and a grid row only looks at
+    those within the cutoff in latitude (a lower bound of the great-circle distance),
+    ``chunk_elements`` pairs at a time; among them, ``cos θ = sin φ sin φ_o + cos φ cos φ_o cos Δλ``
+    selects those within the cutoff, and only these get the haversine distance and the taper.
     """
     lat = torch.as_tensor(obs_lat, dtype=torch.float64)
     lon = torch.as_tensor(obs_lon, dtype=torch.float64, device=lat.device)
@@ -249,19 +265,25 @@ def sphere_local_obs(
     n_obs, device = int(lat.shape[0]), lat.device
     half_width = GC_HALF_WIDTH_PER_LENGTH_SCALE * length_scale_km * 1e3 / radius  # radians
     cutoff_deg = math.degrees(2.0 * half_width)
+    cos_cutoff = math.cos(2.0 * half_width) - 1e-9 if 2.0 * half_width < math.pi else -math.inf  # margin: round-off
     order = torch.argsort(lat)
     lat_sorted = lat[order]
     grid_lon = torch.as_tensor(grid.lon, dtype=torch.float64, device=device)
     parts = []
     for row_lat in grid.lat.tolist():
-        lo = int(torch.searchsorted(lat_sorted, torch.tensor(row_lat - cutoff_deg, dtype=torch.float64, device=device)))
-        hi = int(torch.searchsorted(lat_sorted, torch.tensor(row_lat + cutoff_deg, dtype=torch.float64, device=device), right=True))
+        bounds = torch.tensor([row_lat - cutoff_deg, row_lat + cutoff_deg], dtype=torch.float64, device=device)
+        lo, hi = int(torch.searchsorted(lat_sorted, bounds[0])), int(torch.searchsorted(lat_sorted, bounds[1], right=True))
         band = order[lo:hi]
+        b_lat, b_lon = lat[band][None, :], lon[band][None, :]
+        b_sin, b_cos = torch.sin(torch.deg2rad(b_lat)), torch.cos(torch.deg2rad(b_lat))
+        r_sin, r_cos = math.sin(math.radians(row_lat)), math.cos(math.radians(row_lat))
         step = max(1, chunk_elements // max(1, band.numel()))
         for i0 in range(0, grid.nlon, step):
             col_lon = grid_lon[i0 : i0 + step, None]
-            theta = great_circle(torch.full_like(col_lon, row_lat), col_lon, lat[band][None, :], lon[band][None, :])
-            parts.append(LocalObs._pack(gaspari_cohn(theta / half_width), band, min_taper, n_obs))
+            near = r_sin * b_sin + r_cos * b_cos * torch.cos(torch.deg2rad(b_lon - col_lon)) > cos_cutoff
+            cols, valid = _compact(near)
+            theta = great_circle(torch.full_like(col_lon, row_lat), col_lon, lat[band][cols], lon[band][cols])
+            parts.append(LocalObs._from_candidates(theta, band[cols], half_width, min_taper, n_obs, near=valid))
     return LocalObs.concat_padded(parts)
 
 
