@@ -1,4 +1,4 @@
-"""Lorenz-96 benchmark of aivarda's variational engine against DAPPER's published scores.
+"""Lorenz-96 benchmark of aivarda's variational engine and LETKF against DAPPER's published scores.
 
 Setup of Sakov & Oke (2008) as in DAPPER's ``dapper/mods/Lorenz96/sakov2008.py``: N = 40,
 F = 8, RK4 with dt = 0.05, every variable observed with R = I, truth started from
