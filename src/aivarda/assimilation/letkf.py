@@ -178,9 +178,8 @@ class LocalObs:
     def concat_padded(cls, parts: list[LocalObs]) -> LocalObs:
         """Stack the domains of several ``LocalObs`` (same ``n_obs``), padding to the widest."""
         width = max(p.index.shape[1] for p in parts)
-        pad = [(p.index.shape[0], width - p.index.shape[1]) for p in parts]
-        index = torch.cat([torch.nn.functional.pad(p.index, (0, w)) for p, (_, w) in zip(parts, pad)])
-        taper = torch.cat([torch.nn.functional.pad(p.taper, (0, w)) for p, (_, w) in zip(parts, pad)])
+        index = torch.cat([torch.nn.functional.pad(p.index, (0, width - p.index.shape[1])) for p in parts])
+        taper = torch.cat([torch.nn.functional.pad(p.taper, (0, width - p.taper.shape[1])) for p in parts])
         return cls(index, taper, parts[0].n_obs)
 
 
@@ -358,10 +357,12 @@ def letkf_update(
     xf = X_f.to(dtype).reshape(K, -1, n_domains)
     x_mean = xf.mean(0)
     xf_anom = xf - x_mean
-    sigma = error_std.to(dtype)
-    y_mean = Y_f.to(dtype).mean(0)
-    s_full = (Y_f.to(dtype) - y_mean) / sigma  # [K, N]
-    d_full = (y.to(dtype) - y_mean) / sigma  # [N]
+    dev = X_f.device
+    sigma = error_std.to(device=dev, dtype=dtype)
+    y_f = Y_f.to(device=dev, dtype=dtype)
+    y_mean = y_f.mean(0)
+    s_full = (y_f - y_mean) / sigma  # [K, N]
+    d_full = (y.to(device=dev, dtype=dtype) - y_mean) / sigma  # [N]
 
     # Increments, so that a domain without observations (w̄ = 0, W_a = √ρ I) keeps its members
     # bit for bit when ρ = 1: x_a,k = x_f,k + X'w̄ + X'(W_a − I)_k.
