@@ -183,8 +183,9 @@ def test_dot_products_of_hybrid_3d_and_4d() -> None:
 
 
 # ------------------------------------------------------------------------------ covariances
-def localised_covariance(U: EnsembleTransform, loc: SphereLocalisation) -> torch.Tensor:
-    """``B = P_e ∘ (L_v ⊗ L_h)`` built independently of the transform: ``P_e`` from the members,
+def localised_covariance(members: torch.Tensor, loc: SphereLocalisation) -> torch.Tensor:
+    """``B = P_e ∘ (L_v ⊗ L_h)`` built independently of the transform: ``P_e`` from the members
+    (``torch.cov``, normalised by ``K − 1``),
     ``L_h`` from the Legendre series ``Σ_l (2l+1)/(4π) c_l P_l(cos θ)`` between grid points,
     ``L_v`` from the group correlation."""
     grid = loc.grid
@@ -195,7 +196,7 @@ def localised_covariance(U: EnsembleTransform, loc: SphereLocalisation) -> torch
     series = (2 * np.arange(c.size) + 1) / (4 * np.pi) * c
     L_h = torch.as_tensor(np.polynomial.legendre.legval(cos_theta, series))
     L_v = loc.vertical_correlation[loc.group][:, loc.group]
-    return U.covariance() * torch.kron(L_v, L_h)
+    return torch.cov(members.reshape(members.shape[0], -1).T) * torch.kron(L_v, L_h)
 
 
 def consistent(S: torch.Tensor, B: torch.Tensor, n: int) -> bool:
@@ -219,8 +220,9 @@ def sampling_check(U, B: torch.Tensor, wrong: torch.Tensor, n: int, seed: int) -
 
 def test_ensemble_b_is_the_localised_ensemble_covariance() -> None:
     loc = SphereLocalisation(GRID, LAYOUT, 3000.0, "gaussian", 0.5)
-    U = EnsembleTransform(loc, smooth_members(GRID, 6, 5, seed=3))
-    B = localised_covariance(U, loc)
+    members = smooth_members(GRID, 6, 5, seed=3)
+    U = EnsembleTransform(loc, members)
+    B = localised_covariance(members, loc)
     UUt = dense(U) @ dense(U).T
     assert torch.allclose(UUt, B, atol=1e-10 * float(B.abs().max()))
     sampling_check(U, B, U.covariance(), n=4000, seed=4)
@@ -228,14 +230,16 @@ def test_ensemble_b_is_the_localised_ensemble_covariance() -> None:
 
 def test_hybrid_b_is_the_weighted_sum() -> None:
     loc = SphereLocalisation(GRID, LAYOUT, 3000.0, "soar", 0.5, "independent")
-    E = EnsembleTransform(loc, smooth_members(GRID, 6, 5, seed=5))
+    members = smooth_members(GRID, 6, 5, seed=5)
+    E = EnsembleTransform(loc, members)
     std = torch.linspace(0.5, 2.0, 5, dtype=F64)
     static = DiagonalTransform(std, (5, *GRID.shape))
     H = HybridTransform(static, E, static_weight=0.3, ensemble_weight=0.7)
     B_s = torch.diag((std[:, None] ** 2).expand(5, GRID.nlat * GRID.nlon).reshape(-1))
-    B = 0.3 * B_s + 0.7 * localised_covariance(E, loc)
+    B_e = localised_covariance(members, loc)
+    B = 0.3 * B_s + 0.7 * B_e
     assert torch.allclose(dense(H) @ dense(H).T, B, atol=1e-10 * float(B.abs().max()))
-    sampling_check(H, B, 0.7 * B_s + 0.3 * localised_covariance(E, loc), n=4000, seed=6)
+    sampling_check(H, B, 0.7 * B_s + 0.3 * B_e, n=2500, seed=6)
 
 
 def test_infinite_length_gives_exactly_the_raw_ensemble_covariance() -> None:
@@ -266,7 +270,25 @@ def kalman(x_b: torch.Tensor, P: torch.Tensor, H: torch.Tensor, R: torch.Tensor,
     return x_b + P @ H.T @ torch.linalg.solve(H @ P @ H.T + R, y - H @ x_b)
 
 
+def direct_minimiser(U, background: torch.Tensor, H: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The exact minimiser of ``½‖z‖² + ½‖H(x_b + Uz) − y‖²_{R⁻¹}`` (``H`` a matrix on the flattened
+    state): ``x_b + U (I + (HU)ᵀR⁻¹HU)⁻¹ (HU)ᵀR⁻¹ (y − H x_b)``, flattened."""
+    HU = H @ dense(U)
+    rinv = 1 / sigma**2
+    z = torch.linalg.solve(torch.eye(HU.shape[1], dtype=F64) + HU.T @ (rinv[:, None] * HU),
+                           HU.T @ (rinv * (y - H @ background.reshape(-1))))
+    return background.reshape(-1) + dense(U) @ z
+
+
+def minimise(U, background: torch.Tensor, operator, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x_a`` from :class:`VariationalCost` + :class:`Minimizer` (L-BFGS, float64)."""
+    obs = _Obs(y, sigma, torch.zeros(y.numel(), dtype=torch.long))
+    cost = VariationalCost(background, U, operator, obs)
+    return Minimizer(outer_loops=3, inner_iterations=50, tolerance=1e-13, j_tolerance=0.0).minimize(cost).x_a
+
+
 def test_3denvar_without_localisation_is_the_kalman_analysis() -> None:
+    """To rounding with the exact minimiser of the cost; to the minimiser's precision with L-BFGS."""
     N, K = 40, 10
     gen = torch.Generator().manual_seed(8)
     x_b = torch.randn(N, dtype=F64, generator=gen)
@@ -276,16 +298,18 @@ def test_3denvar_without_localisation_is_the_kalman_analysis() -> None:
     sigma = torch.full((idx.numel(),), 0.7, dtype=F64)
     H = torch.eye(N, dtype=F64)[idx]
     expected = kalman(x_b, torch.cov(members.T), H, torch.diag(sigma**2), y)
-    obs = _Obs(y, sigma, torch.zeros(idx.numel(), dtype=torch.long))
+    scale = float((expected - x_b).abs().max())
     hybrid = build_transform(
         {"type": "hybrid", "static": {"type": "diagonal", "std": 1.0}, "static_weight": 0.0, "ensemble_weight": 1.0,
          "ensemble": {"localisation": {"length_scale": None}}},
         TransformContext((N,), F64, {"ensemble": members}),
     )
     for U in (EnsembleTransform(CircleLocalisation(N, None), members), hybrid):
-        cost = VariationalCost(x_b, U, lambda xw: xw[0, idx], obs)
-        result = Minimizer(outer_loops=3, inner_iterations=50, tolerance=1e-13, j_tolerance=0.0).minimize(cost)
-        assert float((result.x_a - expected).abs().max()) < 1e-8 * float((expected - x_b).abs().max())
+        assert float((direct_minimiser(U, x_b, H, sigma, y) - expected).abs().max()) < 1e-12 * scale
+        assert float((minimise(U, x_b, lambda xw: xw[0, idx], y, sigma) - expected).abs().max()) < 1e-6 * scale
+    # with localisation the analysis differs (the test can tell)
+    U = EnsembleTransform(CircleLocalisation(N, 4.0), members)
+    assert float((direct_minimiser(U, x_b, H, sigma, y) - expected).abs().max()) > 1e-2 * scale
 
 
 def test_4denvar_with_a_linear_model_is_the_kalman_analysis() -> None:
@@ -307,15 +331,16 @@ def test_4denvar_with_a_linear_model_is_the_kalman_analysis() -> None:
     y = H4 @ x_b + torch.randn(times.numel(), dtype=F64, generator=gen)
     sigma = torch.full((times.numel(),), 0.5, dtype=F64)
     expected = kalman(x_b, torch.cov(members0.T), H4, torch.diag(sigma**2), y)
+    expected_window = powers @ expected  # [T, N]
+    scale = float((expected - x_b).abs().max())
     U = EnsembleTransform(CircleLocalisation(N, None), trajectories)
     assert U.state_shape == (T, N)
-    obs = _Obs(y, sigma, torch.zeros(times.numel(), dtype=torch.long))
-    cost = VariationalCost(background, U, lambda xw: xw[0, times, points], obs)
-    result = Minimizer(outer_loops=3, inner_iterations=50, tolerance=1e-13, j_tolerance=0.0).minimize(cost)
-    scale = float((expected - x_b).abs().max())
-    assert float((result.x_a[0] - expected).abs().max()) < 1e-8 * scale
-    # the analysis trajectory is the model trajectory of the analysis (linear M, no localisation)
-    assert float((result.x_a - powers @ expected).abs().max()) < 1e-7 * scale
+    H_window = torch.zeros(times.numel(), T * N, dtype=F64)  # picks x_t[p] from the flattened [T, N]
+    H_window[torch.arange(times.numel()), times * N + points] = 1.0
+    direct = direct_minimiser(U, background, H_window, sigma, y).reshape(T, N)
+    assert float((direct - expected_window).abs().max()) < 1e-12 * scale
+    x_a = minimise(U, background, lambda xw: xw[0, times, points], y, sigma)
+    assert float((x_a - expected_window).abs().max()) < 1e-6 * scale
 
 
 # ------------------------------------------------------------------------------ refits
