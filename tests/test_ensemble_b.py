@@ -146,10 +146,11 @@ GRID = Grid.gaussian(8, 16)
         SphereLocalisation(GRID, LAYOUT, 2500.0, "soar", 0.5, "independent"),
         SphereLocalisation(Grid.equiangular(9, 16), LAYOUT, 3000.0, "gaspari_cohn", None, "lowest"),
         SphereLocalisation(GRID, 5, None),
+        SphereLocalisation(Grid.gaussian(8, 14), 5, 2500.0),  # truncation at the Nyquist order: reverse mode
         CircleLocalisation(40, 4.0, "gaspari_cohn"),
         CircleLocalisation(40, None),
     ],
-    ids=["sphere-gauss", "sphere-soar-indep", "equiangular-gc", "sphere-none", "line-gc", "line-none"],
+    ids=["sphere-gauss", "sphere-soar-indep", "equiangular-gc", "sphere-none", "sphere-nyquist", "line-gc", "line-none"],
 )
 def test_dot_products_of_localisation_and_ensemble_3d_and_4d(loc) -> None:
     class _L:  # L^½ alone as a transform
@@ -165,6 +166,22 @@ def test_dot_products_of_localisation_and_ensemble_3d_and_4d(loc) -> None:
     U.update(torch.randn(5, 3, *S, dtype=F64, generator=gen))  # trajectories: 4DEnVar
     assert U.state_shape == (3, *S) and U.latent_shape == (5, *loc.latent_shape)
     dot_product(U)
+
+
+@pytest.mark.parametrize("grid", [GRID, Grid.equiangular(73, 144), Grid.gaussian(64, 128)], ids=str)
+def test_explicit_synthesis_adjoint_equals_reverse_mode(grid: Grid) -> None:
+    """The explicit ``(L_h^½)ᵀ`` (analysis with inverse quadrature weights) is used on these grids and
+    equals reverse-mode differentiation of torch-harmonics' synthesis; so is the gradient of decode."""
+    loc = SphereLocalisation(grid, 1, 2000.0)
+    assert loc._adjoint is not None
+    gen = torch.Generator().manual_seed(3)
+    f = torch.randn(2, *grid.shape, dtype=F64, generator=gen)
+    z = torch.zeros(2, loc.ops.n_dofs, dtype=F64, requires_grad=True)
+    (reverse,) = torch.autograd.grad(loc.ops.dofs_to_field(z * loc.amplitudes), z, f)
+    assert torch.allclose(loc.horizontal_sqrt_adjoint(f), reverse, rtol=1e-10, atol=1e-12 * float(reverse.abs().max()))
+    z = torch.randn(2, loc.ops.n_dofs, dtype=F64, generator=gen, requires_grad=True)
+    (loc.horizontal_sqrt(z) * f).sum().backward()
+    assert torch.allclose(z.grad, reverse, rtol=1e-10, atol=1e-12 * float(reverse.abs().max()))
 
 
 def test_dot_products_of_hybrid_3d_and_4d() -> None:

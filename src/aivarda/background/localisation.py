@@ -57,7 +57,7 @@ with ``d_ij = min(|i − j|, N − |i − j|)`` in grid points; ``L^½`` is the 
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -246,6 +246,72 @@ def channel_groups(
     return group, R
 
 
+class _SynthesisAdjoint:
+    """Explicit transpose of the real spectral synthesis ``S: z ↦ Σ_lm f̂_lm(z) Y_lm`` on the grid.
+
+    The analysis of torch-harmonics is ``A(f)_lm = Σ_ij q_i f_ij conj(Y_lm(φ_i, λ_j))`` with the
+    quadrature weight ``q_i`` of row ``i``, so ``Σ_ij f_ij conj(Y_lm) = A(f/q)_lm``. With the real
+    packing ``f̂_l0 = z``, ``f̂_lm = (z_re + i z_im)/√2`` (``m > 0``, the field holds ``Y_lm`` and its
+    conjugate): ``Sᵀf = Re A(f/q)_l0`` for ``m = 0`` and ``√2 (Re, Im) A(f/q)_lm`` for ``m > 0``.
+    ``q_i = √(4π) A(1_i)_00 / W`` from the analysis of row indicators. :meth:`build` checks the
+    identity ``⟨S z, f⟩ = ⟨z, Sᵀ f⟩`` once on random vectors and returns ``None`` where it does not hold
+    (e.g. a truncation that reaches the Nyquist order), so that reverse mode is used instead. It
+    costs one analysis instead of a synthesis and its reverse pass."""
+
+    def __init__(self, ops: SphereOps):
+        H, W = ops.grid.shape
+        L = ops.lmax
+        rows = torch.eye(H, dtype=torch.float64)[:, :, None].expand(H, H, W)
+        a00 = ops.analysis(rows)[:, 0, 0].real
+        self.ops = ops
+        self.inv_weight = (W / (math.sqrt(4 * math.pi) * a00))[:, None]  # 1/q_i [H, 1]
+        re_idx, im_idx, scale = ops._re_idx, ops._im_idx, ops._pack_scale  # dof k + 1 at (l, m); 0: none
+        flat = torch.zeros(ops.n_dofs, dtype=torch.long)
+        imag = torch.zeros(ops.n_dofs, dtype=torch.bool)
+        factor = torch.zeros(ops.n_dofs, dtype=torch.float64)
+        lm = torch.arange(L * L).reshape(L, L)
+        for idx, is_imag in ((re_idx, False), (im_idx, True)):
+            present = idx > 0
+            k = idx[present] - 1
+            flat[k] = lm[present]
+            imag[k] = is_imag
+            factor[k] = 1.0 / scale[present]
+        self.flat, self.imag, self.factor = flat, imag, factor
+
+    def __call__(self, f: Tensor) -> Tensor:
+        a = self.ops.analysis(f * self.inv_weight.to(f)).flatten(-2)  # [..., L²] complex
+        flat = self.flat.to(f.device)
+        parts = torch.where(self.imag.to(f.device), a.imag[..., flat], a.real[..., flat])
+        return parts * self.factor.to(parts)
+
+    @classmethod
+    def build(cls, ops: SphereOps) -> _SynthesisAdjoint | None:
+        if not bool(torch.isfinite(torch.as_tensor(np.asarray(ops.grid.weights))).all()):
+            return None
+        adjoint = cls(ops)
+        if not bool(torch.isfinite(adjoint.inv_weight).all()):
+            return None
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(2, ops.n_dofs, dtype=torch.float64, generator=gen)
+        f = torch.randn(2, *ops.grid.shape, dtype=torch.float64, generator=gen)
+        lhs, rhs = (ops.dofs_to_field(z) * f).sum(), (z * adjoint(f)).sum()
+        return adjoint if abs(float(lhs - rhs)) <= 1e-9 * float(lhs.abs() + rhs.abs()) else None
+
+
+class _Synthesis(torch.autograd.Function):
+    """``L_h^½ a`` whose reverse pass is the explicit adjoint (and differentiable again)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, loc: SphereLocalisation) -> Tensor:  # type: ignore[override]
+        ctx.loc = loc
+        assert loc.ops is not None
+        return loc.ops.dofs_to_field(a * loc.amplitudes.to(a))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return ctx.loc.horizontal_sqrt_adjoint(grad), None
+
+
 class SphereLocalisation:
     """``L^½ = L_v^½ ⊗ L_h^½`` for states ``[C, H, W]`` on ``grid`` (module docstring).
 
@@ -295,6 +361,7 @@ class SphereLocalisation:
             self.coefficients = legendre_coefficients(self.length_scale, shape, self.ops.lmax, self.radius)
             self.amplitudes = self.coefficients.sqrt()[self.ops.dof_degree]  # √c_l per dof [D]
             self.latent_shape = (self.n_groups, self.ops.n_dofs)
+        self._adjoint = None if self.ops is None else _SynthesisAdjoint.build(self.ops)
         self._identity_vertical = self.n_groups == 1
 
     # ------------------------------------------------------------------ pieces
@@ -302,12 +369,17 @@ class SphereLocalisation:
         """``L_h^½``: ``[..., D] → [..., H, W]`` (a broadcast view without horizontal localisation)."""
         if self.ops is None:
             return a[..., None].expand(*a.shape[:-1], *self.grid.shape)
-        return self.ops.dofs_to_field(a * self.amplitudes.to(a))
+        if self._adjoint is None:
+            return self.ops.dofs_to_field(a * self.amplitudes.to(a))
+        return _Synthesis.apply(a, self)
 
     def horizontal_sqrt_adjoint(self, f: Tensor) -> Tensor:
-        """``(L_h^½)ᵀ``: ``[..., H, W] → [..., D]`` (reverse mode through the linear synthesis)."""
+        """``(L_h^½)ᵀ``: ``[..., H, W] → [..., D]`` (explicit, see :class:`_SynthesisAdjoint`; reverse
+        mode through the synthesis where that is not available)."""
         if self.ops is None:
             return f.sum(dim=(-2, -1))[..., None]
+        if self._adjoint is not None:
+            return self._adjoint(f) * self.amplitudes.to(f)
         with torch.enable_grad():
             z0 = torch.zeros(*f.shape[:-2], self.ops.n_dofs, dtype=f.dtype, device=f.device, requires_grad=True)
             (g,) = torch.autograd.grad(self.horizontal_sqrt(z0), z0, f, create_graph=f.requires_grad)
