@@ -29,7 +29,7 @@ from aivarda.background.localisation import (
     legendre_coefficients,
     realised_length_scale,
 )
-from aivarda.background.registry import TransformContext, build_transform
+from aivarda.background.registry import TransformContext, build_transform, parse_transform_config
 from aivarda.background.transforms import DenseSqrtTransform, DiagonalTransform
 from aivarda.channels import ChannelLayout
 from aivarda.errors import ConfigError, DataError
@@ -376,7 +376,7 @@ def test_refit_diagonal_and_rescaled_static_from_the_ensemble() -> None:
     assert abs(float(x.var(0).mean()) / pooled - 1) < 0.10
 
 
-def test_refit_genbe_on_the_ensemble() -> None:
+def test_refit_genbe_on_the_ensemble(tmp_path) -> None:
     grid = Grid.gaussian(16, 32)
     samples = smooth_members(grid, 12, 5, seed=11, scale=2e6)
     settings = FitSettings(balance=False)
@@ -398,6 +398,16 @@ def test_refit_genbe_on_the_ensemble() -> None:
     ops = SphereOps(grid)
     assert torch.allclose(ops.length_scale(x), ops.length_scale(members - members.mean(0)), rtol=0.15)
     assert not torch.allclose(static.stats.variance["z"].double(), refit.stats.variance["z"].double(), rtol=0.5)
+    # the same from YAML: grid and channel layout come from the GEN_BE file
+    path = static.stats.save(tmp_path / "genbe.pt")
+    H = build_transform(
+        {"type": "hybrid", "static": {"type": "genbe", "file": str(path)}, "refit_static": True,
+         "ensemble": {"localisation": {"length_scale_km": 2000, "vertical_length_lnp": 0.5}}},
+        TransformContext((5, *grid.shape), F64, {"ensemble": members}),
+    )
+    assert isinstance(H.static, GenBeTransform) and H.static.stats.metadata["refit"] == "ensemble"
+    assert H.ensemble.localisation.group.tolist() == [1, 0, 1, 0, 1]
+    dot_product(H)
 
 
 # ------------------------------------------------------------------------------ YAML
@@ -436,5 +446,11 @@ def test_yaml_types_members_and_errors() -> None:
         build_transform({"type": "ensemble", "localisation": {"length_scale_km": 500}}, TransformContext((40,), F64))
     with pytest.raises(ValueError, match="static B"):
         build_transform({"type": "hybrid", "static": {"type": "ensemble"}}, TransformContext((40,), F64))
+    with pytest.raises(ConfigError, match="background_error.channels: unknown channel name 'x500'"):
+        build_transform({**section, "channels": ["t2m", "x500", "z850", "t500", "t850"]}, TransformContext(S, F64))
+    with pytest.raises(ConfigError, match="variable-major"):
+        build_transform({**section, "channels": ["t2m", "z500", "t500", "z850", "t850"]}, TransformContext(S, F64))
+    dumped = parse_transform_config({"type": "hybrid", "static": {"type": "diagonal", "std": 2.0}}).model_dump()
+    assert dumped["static"] == {"type": "diagonal", "std": 2.0, "scale": 1.0}
     with pytest.raises(ValueError, match="shape"):
         build_transform({"type": "ensemble", "localisation": {"shape": "cosine"}}, TransformContext((40,), F64))

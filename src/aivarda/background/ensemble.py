@@ -186,7 +186,7 @@ def channel_variance(variance: Tensor, weights: Tensor | None = None) -> Tensor:
         return variance.mean().expand(variance.shape[0]).clone()
     if variance.ndim != 3:
         raise ValueError(f"channel_variance: expected [N] or [C, H, W], got {list(variance.shape)}")
-    w = torch.ones(variance.shape[-2], dtype=variance.dtype) if weights is None else weights.to(variance)
+    w = variance.new_ones(variance.shape[-2]) if weights is None else weights.to(variance)
     return (variance * w[:, None]).mean(dim=(-2, -1))
 
 
@@ -230,9 +230,9 @@ class StaticRefit:
         if isinstance(static, GenBeTransform):
             stats = static.stats
             settings = {**stats.settings, "balanced": tuple(stats.settings["balanced"])}
-            samples = deviations.double() * math.sqrt(K)  # the fit divides by K: this makes it K − 1
+            samples = deviations.detach().double().cpu() * math.sqrt(K)  # the fit divides by K: this makes it K − 1
             fitted = fit_genbe(
-                samples.float(), stats.layout, stats.state_grid, stats.control_grid, FitSettings(**settings),
+                samples, stats.layout, stats.state_grid, stats.control_grid, FitSettings(**settings),
                 metadata={"refit": "ensemble", "members": K}, state_grid=stats.state_grid,
             )
             return GenBeTransform(fitted, static.scale, static.dtype)
@@ -241,7 +241,7 @@ class StaticRefit:
             return DiagonalTransform(std, static.state_shape)
         if self._base_std is None:
             self._base_std = _sampled_channel_std(static, self.weights)
-        return ChannelScaledTransform(static, std / self._base_std.clamp_min(1e-300))
+        return ChannelScaledTransform(static, std / self._base_std.to(std).clamp_min(1e-300))
 
 
 class HybridTransform:
@@ -376,10 +376,13 @@ class HybridConfig(TransformConfig):
 
 
 def _layout_from_names(names: list[str], section: str) -> ChannelLayout:
-    parsed = [ChannelLayout.parse(n) for n in names]
-    upper = list(dict.fromkeys(v for v, p in parsed if p is not None))
-    levels = list(dict.fromkeys(p for v, p in parsed if p is not None and v == (upper[0] if upper else None)))
-    layout = ChannelLayout(tuple(v for v, p in parsed if p is None), tuple(upper), tuple(levels))
+    try:
+        parsed = [ChannelLayout.parse(n) for n in names]
+        upper = list(dict.fromkeys(v for v, p in parsed if p is not None))
+        levels = list(dict.fromkeys(p for v, p in parsed if p is not None and v == upper[0]))
+        layout = ChannelLayout(tuple(v for v, p in parsed if p is None), tuple(upper), tuple(levels))
+    except DataError as err:
+        raise ConfigError(f"{section}.channels: {err}") from None
     if layout.names != tuple(names):
         raise ConfigError(
             f"{section}.channels: expected surface channels first, then each upper-air variable on the same "
