@@ -30,7 +30,7 @@ from aivarda.background.localisation import (
     realised_length_scale,
 )
 from aivarda.background.registry import TransformContext, build_transform, parse_transform_config
-from aivarda.background.transforms import DenseSqrtTransform, DiagonalTransform
+from aivarda.background.transforms import DenseSqrtTransform, DiagonalTransform, LinearControlTransform
 from aivarda.channels import ChannelLayout
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
@@ -422,6 +422,8 @@ def test_yaml_types_members_and_errors() -> None:
     assert U.localisation.group.tolist() == [2, 0, 1, 0, 1]
     # without members: a clear error until update(members)
     U = build_transform({**section, "members": 4}, TransformContext(S, F64))
+    assert U.latent_shape == (4, 3, 64) and isinstance(U, LinearControlTransform)  # K from the config
+    assert not isinstance(build_transform(section, TransformContext(S, F64)), LinearControlTransform)  # K unknown
     with pytest.raises(DataError, match="update\\(members\\)"):
         U.decode(torch.zeros(4, 3, 64, dtype=F64))
     with pytest.raises(DataError, match="config says 4 members"):

@@ -80,6 +80,11 @@ from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 
 
+class MissingEnsembleError(DataError, AttributeError):
+    """An ensemble transform used before it has members. Also an ``AttributeError``, so that the
+    shape attributes it guards count as absent (``hasattr``, protocol ``isinstance`` checks)."""
+
+
 class EnsembleTransform:
     """``U_e α = Σ_k X'_k ∘ (L^½ α_k)`` (module docstring).
 
@@ -134,7 +139,7 @@ class EnsembleTransform:
 
     def _require(self) -> Tensor:
         if self.deviations is None:
-            raise DataError(
+            raise MissingEnsembleError(
                 "ensemble B has no members: give them as TransformContext.statistics['ensemble'] [K, *S] "
                 "or call update(members) before the first decode"
             )
@@ -142,6 +147,9 @@ class EnsembleTransform:
 
     @property
     def n_members(self) -> int:
+        """``K``: of the current ensemble, or the configured one before the first :meth:`update`."""
+        if self.deviations is None and self.members_expected is not None:
+            return int(self.members_expected)
         return int(self._require().shape[0])
 
     @property
