@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="override output_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.models.training:main"))
+    p.set_defaults(func=_handler("aivarda.learning.train_model:main"))
 
     p = sub.add_parser("eval-model", help="RMSE/ACC of a forecast model vs persistence and climatology by lead time")
     p.add_argument("config", type=Path, nargs="?", default=None, help="YAML with EvalConfig fields (optional)")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=None, help="WeatherBench2-layout Zarr store (default: the nature run)")
     p.add_argument("--max-inits", type=int, default=None, help="at most this many initial times")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.models.evaluate:main"))
+    p.set_defaults(func=_handler("aivarda.learning.eval_model:main"))
 
     # --- background-error statistics ----------------------------------------------------------
     learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE)").add_subparsers(
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="sample file (default: cached under $AIVARDA_HOME/b)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_handler("aivarda.background.genbe.cli:nmc_main"))
+    p.set_defaults(func=_handler("aivarda.learning.learn_b:nmc_main"))
 
     p = learn_b.add_parser("genbe", help="fit GEN_BE static B (ψ/χ, vertical modes, balance, length scales)")
     p.add_argument("config", type=Path, help="YAML with LearnBConfig fields (e.g. configs/learn_b_genbe.yaml)")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="statistics file (default: $AIVARDA_HOME/b/genbe_<name>.pt)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.background.genbe.cli:genbe_main"))
+    p.set_defaults(func=_handler("aivarda.learning.learn_b:genbe_main"))
 
     # --- provenance ---------------------------------------------------------------------------
     p = sub.add_parser("provenance", help="what checkpoints/B files were trained on; check a period is out of sample")

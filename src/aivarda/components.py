@@ -40,7 +40,8 @@ from aivarda.background.registry import BACKGROUNDS, TransformContext, build_tra
 from aivarda.background.transforms import ControlTransform
 from aivarda.config import ExperimentConfig
 from aivarda.data.sources import FieldSource, open_source
-from aivarda.data.stats import NormStats, load_or_compute_norm_stats
+from aivarda.data.stats import load_or_compute_norm_stats
+from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel

@@ -51,7 +51,8 @@ from aivarda.data.sources import (
     layout_from_channels,
     store_layout,
 )
-from aivarda.data.stats import NormStats, load_or_compute_norm_stats
+from aivarda.data.stats import load_or_compute_norm_stats
+from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.models.checkpoint import (
     build_forecast_model,

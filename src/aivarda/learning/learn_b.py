@@ -20,7 +20,7 @@ import numpy as np
 
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
-from aivarda.background.genbe.nmc import (
+from aivarda.learning.nmc import (
     NmcSamples,
     evenly,
     forecast_differences,
