@@ -31,6 +31,11 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
 
 
+def _add_allow_in_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-in-sample", action="store_true",
+                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aivarda",
@@ -89,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the config's output_dir)")
     _add_json(p)
-    p.add_argument("--allow-in-sample", action="store_true",
-                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+    _add_allow_in_sample(p)
     p.set_defaults(func=_handler("aivarda.assimilate:main"))
 
     # --- cycling ------------------------------------------------------------------------------
@@ -99,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: the config's output_dir)")
     _add_json(p)
-    p.add_argument("--allow-in-sample", action="store_true",
-                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+    _add_allow_in_sample(p)
     p.set_defaults(func=_handler("aivarda.cycling.runner:main"))
 
     p = sub.add_parser("report", help="table and figures comparing cycling runs")

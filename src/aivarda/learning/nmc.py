@@ -1,4 +1,4 @@
-"""NMC samples of background error (Parrish & Derber 1992; DESIGN §5).
+"""NMC samples of background error (Parrish & Derber 1992; docs/genbe.md).
 
 ``kind: forecast`` — differences of two forecasts valid at the same time ``t`` with different lead
 times, started from the truth:
