@@ -124,7 +124,7 @@ def build_components(cfg: DAExperimentConfig, *, error_hours: float, progress: b
     if method.needs.window_model and model_cfg is None:
         raise ConfigError(f"window_model: method {method.name} needs a window model (window_model: {{checkpoint: ...}})")
     source = open_source(cfg.data)
-    geometry = Geometry(source.grid, source.layout)
+    geometry = source.geometry
     device = cfg.torch_device()
     window_model = None if model_cfg is None else load_model(model_cfg, geometry, "window_model", device)
     stats_source = source

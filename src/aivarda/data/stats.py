@@ -33,6 +33,7 @@ from aivarda.errors import DataError
 from aivarda.normstats import NormStats
 from aivarda.files import atomic_write
 from aivarda.paths import cache_dir
+from aivarda.timeaxis import from_hours
 
 DEFAULT_MAX_SAMPLES = 512
 """Sample times used for the statistics (evenly spread over the source); enough for 4 digits."""
@@ -98,7 +99,7 @@ def _evenly(n: int, k: int | None) -> np.ndarray:
 
 def difference_pairs(times: np.ndarray, diff_hours: float) -> np.ndarray:
     """Times ``t`` of ``times`` such that ``t + diff_hours`` is also in ``times``."""
-    delta = np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
+    delta = from_hours(diff_hours)
     return times[np.isin(times + delta, times)]
 
 
@@ -116,7 +117,7 @@ def summarise(
     With ``require_pairs=False`` a source without any ``diff_hours`` pair (one time, or an interval
     that does not divide Δ) gives NaN difference statistics instead of a DataError.
     """
-    delta = np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
+    delta = from_hours(diff_hours)
     starts = difference_pairs(source.times, diff_hours)
     has_pairs = starts.size > 0
     if not has_pairs:
