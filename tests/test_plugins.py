@@ -228,3 +228,13 @@ def test_toy_architecture_checkpoint_and_run(tiny_nature_run: Path, tmp_path: Pa
     finally:
         ARCHITECTURES.unregister("toy-conv")
     assert (tmp_path / "toyrun" / "metrics.csv").is_file()
+
+
+def test_assimilate_refuses_a_b_that_needs_members_before_reading_data(tmp_path: Path, capsys) -> None:
+    cfg = {"data": {"source": "zarr", "path": str(tmp_path / "no_such_store.zarr")},
+           "assimilation": {"method": "3dvar", "background_error": {"type": "ensemble"}}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["assimilate", str(tmp_path / "e.yaml"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "background_error type ensemble needs ensemble members" in err[0]
+    assert not (tmp_path / "e").exists()

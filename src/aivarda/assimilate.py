@@ -100,7 +100,7 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
     """Run the whole single-cycle OSSE described in the module docstring."""
     torch.manual_seed(cfg.seed)
     t0 = wallclock.perf_counter()
-    parts = build_components(cfg, error_hours=hours(cfg.background.lag), progress=progress)
+    parts = build_components(cfg, error_hours=hours(cfg.background.lag), progress=progress, ensemble=False)
     full, method, geometry = parts.source, parts.method, parts.geometry
     span = full if cfg.span is None else open_source(cfg.data, span=cfg.span)
     start = _window_start(cfg, span, full, method.window_offsets(), str(getattr(span, "path", "source")))
@@ -111,11 +111,6 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
     io_seconds = wallclock.perf_counter() - t0
 
     obs = parts.simulator.simulate(truth_window, window.offset_hours, cycle=0)
-    if parts.b_needs_ensemble:
-        raise DataError(
-            f"assimilation.background_error: type {cfg.assimilation.background_error.type} needs ensemble members, "
-            "which a single analysis from a lagged truth does not have (use aivarda run)"
-        )
     wa = analyse_window(method, x_b, obs, geometry, cfg.observations, parts.transform, parts.background_std,
                         window, parts.window_model, progress)
     result = wa.result

@@ -113,13 +113,23 @@ def load_model(cfg: ModelConfig, geometry: Geometry, key: str, device: str) -> F
     return model
 
 
-def build_components(cfg: DAExperimentConfig, *, error_hours: float, progress: bool = True) -> Components:
+def build_components(
+    cfg: DAExperimentConfig, *, error_hours: float, progress: bool = True, ensemble: bool = True
+) -> Components:
     """Open the truth, build the method, its window model, statistics, simulator and B.
 
-    Cheap checks come first (the window model exists) so that a bad config fails before any data
-    is generated or read.
+    ``ensemble``: whether the driver has ensemble members (the cycling runner's time-lagged store;
+    a single analysis from a lagged truth has none). Cheap checks come first (the window model
+    exists, the members a method or B needs) so that a bad config fails before any data is
+    generated or read.
     """
     method = build_method(cfg.assimilation)
+    b_type = cfg.assimilation.background_error.type
+    b_needs_ensemble = BACKGROUNDS.entry(b_type).config.needs_ensemble
+    if not ensemble and (method.needs.ensemble or b_needs_ensemble):
+        what = f"method {method.name}" if method.needs.ensemble else f"background_error type {b_type}"
+        raise ConfigError(f"assimilation: {what} needs ensemble members, which this command does not have "
+                          "(cycle it with aivarda run)")
     model_cfg = cfg.window_model_config() if method.needs.window_model else None
     if method.needs.window_model and model_cfg is None:
         raise ConfigError(f"window_model: method {method.name} needs a window model (window_model: {{checkpoint: ...}})")
@@ -139,7 +149,6 @@ def build_components(cfg: DAExperimentConfig, *, error_hours: float, progress: b
     b_cfg = cfg.assimilation.background_error
     context = TransformContext(geometry.state_shape, torch.float32, geometry, background_std)
     transform = build_transform(b_cfg, context)
-    b_needs_ensemble = BACKGROUNDS.entry(b_cfg.type).config.needs_ensemble
     return Components(source, stats_source, geometry, method, window_model, stats, background_std, simulator,
                       transform, b_needs_ensemble)
 
