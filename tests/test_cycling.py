@@ -238,7 +238,8 @@ def test_missing_truth_is_one_clear_error(cycling_store: Path, tmp_path: Path, c
     assert len(err) == 1 and "missing" in err[0] and "gap" in err[0]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("exp_*.yaml")) + sorted((ROOT / "configs" / "era5").glob("exp_*.yaml")),
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("exp_*.yaml")) + sorted((ROOT / "configs" / "era5").glob("exp_*.yaml"))
+                         + sorted((ROOT / "configs" / "realistic").glob("exp_*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_experiment_configs_validate(path: Path) -> None:
     cfg = load_config(path, CyclingConfig)
