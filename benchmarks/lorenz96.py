@@ -56,10 +56,9 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
-
-import numpy as np
 
 from aivarda.assimilation import AnalysisProblem, Window, build_method
 from aivarda.assimilation.letkf import (

@@ -7,10 +7,10 @@ import importlib.util
 import json
 import os
 import sys
-from types import ModuleType
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest

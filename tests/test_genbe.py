@@ -23,7 +23,6 @@ from aivarda.background.genbe import (
     fit_genbe,
 )
 from aivarda.background.genbe.fit import apply_regression
-from aivarda.learning.nmc import forecast_differences, lagged_differences
 from aivarda.background.registry import (
     TransformContext,
     build_transform,
@@ -32,6 +31,7 @@ from aivarda.background.registry import (
 from aivarda.channels import ChannelLayout
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
+from aivarda.learning.nmc import forecast_differences, lagged_differences
 
 LAYOUT = ChannelLayout(("t2m", "msl"), ("z", "q", "u", "v", "t"), (300, 500, 850))
 OMEGA2 = 1.46e-4  # ≈ 2Ω, the synthetic geostrophic balance coefficient z = 2Ω sinφ ψ
@@ -325,9 +325,9 @@ def write_random_store(path: Path, grid: Grid, seed: int = 0) -> None:
 
 def test_learn_b_cli_and_3dvar_with_genbe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from aivarda.assimilate import AnalyseConfig, run_single_analysis
-    from aivarda.learning.nmc import NmcSamples
     from aivarda.cli import main
     from aivarda.config import load_config
+    from aivarda.learning.nmc import NmcSamples
 
     store = tmp_path / "store.zarr"
     write_random_store(store, Grid.gaussian(16, 32))
@@ -389,11 +389,11 @@ def test_samples_and_statistics_record_the_truth_span_they_read(tmp_path: Path) 
     import shutil
 
     from aivarda.artefacts import trained_on_of_genbe
-    from aivarda.learning.learn_b import fit_from_config, make_samples
     from aivarda.background.genbe.config import LearnBConfig
-    from aivarda.learning.nmc import NmcSamples
     from aivarda.config import validate
     from aivarda.data.fingerprint import store_identity
+    from aivarda.learning.learn_b import fit_from_config, make_samples
+    from aivarda.learning.nmc import NmcSamples
     from aivarda.provenance import TimeSpan
 
     store = tmp_path / "store.zarr"

@@ -27,10 +27,10 @@ from aivarda.assimilation.letkf import (
     sphere_local_obs,
     unbatched_domains,
 )
-from aivarda.sphere import EARTH_RADIUS
 from aivarda.errors import DataError, ObservationError
 from aivarda.grid import Grid
 from aivarda.observations.obsset import ObsSet
+from aivarda.sphere import EARTH_RADIUS
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,10 +6,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 
 from aivarda.assimilation import (
     METHODS,
@@ -25,10 +24,9 @@ from aivarda.assimilation import (
     method_names,
     parse_method_config,
 )
-from aivarda.config import read_yaml
 from aivarda.assimilation.cost import CostTerms
 from aivarda.background import DenseSqrtTransform, IdentityTransform
-
+from aivarda.config import read_yaml
 from aivarda.errors import ConfigError
 from aivarda.models.lorenz96 import Lorenz96
 

@@ -10,7 +10,6 @@ import yaml
 from torch import nn
 
 from aivarda.channels import ChannelLayout
-from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel
@@ -23,6 +22,7 @@ from aivarda.models.checkpoint import (
 from aivarda.models.fengwu import channel_groups
 from aivarda.models.normalised import NeuralForecastModel, identity_stats
 from aivarda.models.registry import architecture_config
+from aivarda.normstats import NormStats
 
 GRID = Grid.gaussian(16, 32)
 LAYOUT = ChannelLayout(("u10m", "t2m"), ("z", "q", "t"), (500, 850))

@@ -20,10 +20,10 @@ from aivarda.cli import main as cli_main
 from aivarda.config import validate
 from aivarda.data.sources import Wb2ZarrSource
 from aivarda.grid import Grid
-from aivarda.models.checkpoint import load_forecast_model, read_checkpoint
-from aivarda.models.config import EvalConfig, TrainConfig
 from aivarda.learning.eval_model import evaluate, initial_times
 from aivarda.learning.train_model import lr_lambda, train, trajectory_starts, weighted_mse
+from aivarda.models.checkpoint import load_forecast_model, read_checkpoint
+from aivarda.models.config import EvalConfig, TrainConfig
 
 GRID = Grid.gaussian(16, 32)
 LAYOUT = ChannelLayout(("t2m",), ("z", "t"), (500, 850))

@@ -52,6 +52,7 @@ from aivarda.geometry import Geometry
 from aivarda.observations.obsset import ObsSet
 from aivarda.timeaxis import hours, to_timedelta64
 
+
 class BackgroundConfig(StrictModel):
     """How the background is made for a single analysis."""
 

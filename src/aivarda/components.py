@@ -41,12 +41,12 @@ from aivarda.background.transforms import ControlTransform
 from aivarda.config import ExperimentConfig
 from aivarda.data.sources import FieldSource, open_source
 from aivarda.data.stats import load_or_compute_norm_stats
-from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel
 from aivarda.models.checkpoint import load_forecast_model
 from aivarda.models.config import ModelConfig
+from aivarda.normstats import NormStats
 from aivarda.observations.config import ObservationConfig
 from aivarda.observations.simulator import ObservationSimulator
 

@@ -54,11 +54,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from aivarda.sphere import EARTH_RADIUS
 from aivarda.config import StrictModel
 from aivarda.errors import DataError, ObservationError
 from aivarda.grid import Grid
 from aivarda.observations.obsset import ObsSet
+from aivarda.sphere import EARTH_RADIUS
 
 GC_HALF_WIDTH_PER_LENGTH_SCALE = 1.82
 """Gaspari–Cohn half-width ``c`` per length scale ``ℓ`` (DAPPER's ``dist2coeff``, ``R = 1.82 ·

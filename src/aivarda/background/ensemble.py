@@ -74,8 +74,8 @@ from aivarda.background.transforms import (
     LinearControlTransform,
     _batch_shape,
 )
-from aivarda.config import StrictModel
 from aivarda.channels import ChannelLayout
+from aivarda.config import StrictModel
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 

@@ -63,10 +63,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aivarda.sphere import EARTH_RADIUS, SphereOps
 from aivarda.background.transforms import _batch_shape, symmetric_sqrt
 from aivarda.channels import ChannelLayout
 from aivarda.grid import Grid
+from aivarda.sphere import EARTH_RADIUS, SphereOps
 
 Shape = Literal["gaussian", "soar", "gaspari_cohn"]
 SurfaceChoice = Literal["lowest", "independent"] | float

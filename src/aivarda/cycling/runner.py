@@ -49,8 +49,8 @@ from aivarda.evaluation.diagnostics import minimizer_summary, observation_space,
 from aivarda.evaluation.metrics import baseline_scores
 from aivarda.evaluation.provenance import code_provenance
 from aivarda.files import atomic_write, atomic_write_json
-from aivarda.provenance import TimeSpan
 from aivarda.models.base import iterate_trajectory
+from aivarda.provenance import TimeSpan
 from aivarda.timeaxis import hours, steps_between, to_timedelta64
 
 Hook = Callable[[int, str], None]

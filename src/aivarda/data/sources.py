@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
-from aivarda.timeaxis import format_time, from_hours  # noqa: F401 (re-exported for data users)
 from aivarda.errors import ConfigError, DataError
 from aivarda.geometry import Geometry
 from aivarda.grid import Grid
 from aivarda.provenance import parse_time
+from aivarda.timeaxis import format_time, from_hours  # noqa: F401 (re-exported for data users)
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from aivarda.data.sources import FieldSource
 from aivarda.errors import DataError
-from aivarda.normstats import NormStats
 from aivarda.files import atomic_write
+from aivarda.normstats import NormStats
 from aivarda.paths import cache_dir
 from aivarda.timeaxis import from_hours
 
@@ -240,8 +240,8 @@ def stats_rows(stats: NormStats, units: dict[str, str]) -> list[dict[str, Any]]:
 
 def main(args: argparse.Namespace) -> int:
     """``aivarda data stats STORE [--span S] [--diff-hours H] [--refresh] [--json]``."""
-    from aivarda.tables import format_table
     from aivarda.data.sources import Wb2ZarrSource, store_layout
+    from aivarda.tables import format_table
 
     source = Wb2ZarrSource(args.store, layout=store_layout(args.store), span=args.span)
     diff_hours = float(args.diff_hours)

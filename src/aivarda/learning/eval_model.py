@@ -28,9 +28,9 @@ from aivarda.data.sources import Wb2ZarrSource, format_time
 from aivarda.data.stats import climatology
 from aivarda.errors import ConfigError, DataError
 from aivarda.evaluation.metrics import acc, mse
+from aivarda.learning.train_model import store_path
 from aivarda.models.checkpoint import load_forecast_model
 from aivarda.models.config import EvalConfig
-from aivarda.learning.train_model import store_path
 
 BASELINES = ("model", "persistence", "climatology")
 

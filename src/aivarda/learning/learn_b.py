@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
+from aivarda.config import load_config
+from aivarda.errors import DataError
 from aivarda.learning.nmc import (
     NmcSamples,
     evenly,
@@ -27,11 +27,9 @@ from aivarda.learning.nmc import (
     lagged_differences,
     valid_times,
 )
-from aivarda.sphere import Regrid
-from aivarda.config import load_config
-from aivarda.errors import ConfigError, DataError
 from aivarda.paths import cache_dir
 from aivarda.provenance import TimeSpan, TrainedOn, records_from_json, records_to_json
+from aivarda.sphere import Regrid
 from aivarda.timeaxis import from_hours, hours
 
 

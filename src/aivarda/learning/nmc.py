@@ -29,13 +29,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from aivarda.sphere import Regrid
 from aivarda.channels import ChannelLayout
 from aivarda.data.sources import FieldSource, format_time
 from aivarda.errors import DataError
 from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel
+from aivarda.sphere import Regrid
 from aivarda.timeaxis import from_hours
 
 FORMAT = "aivarda-nmc-samples"

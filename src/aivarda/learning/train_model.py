@@ -52,7 +52,6 @@ from aivarda.data.sources import (
     store_layout,
 )
 from aivarda.data.stats import load_or_compute_norm_stats
-from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.models.checkpoint import (
     build_forecast_model,
@@ -62,6 +61,7 @@ from aivarda.models.checkpoint import (
 )
 from aivarda.models.config import TrainConfig, TrainDataConfig, load_train_config
 from aivarda.models.normalised import NeuralForecastModel
+from aivarda.normstats import NormStats
 from aivarda.provenance import TimeSpan, TrainedOn, records_to_json
 from aivarda.timeaxis import from_hours
 

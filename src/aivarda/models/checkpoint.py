@@ -23,7 +23,6 @@ import torch
 
 from aivarda.channels import ChannelLayout
 from aivarda.config import load_config
-from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
@@ -32,6 +31,7 @@ from aivarda.models.config import ModelConfig
 from aivarda.models.linear_prior import LinearPriorConfig, SpectralLIM
 from aivarda.models.normalised import NeuralForecastModel, identity_stats
 from aivarda.models.registry import architecture_config
+from aivarda.normstats import NormStats
 
 FORMAT = "aivarda-forecast-model"
 VERSION = 1

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from aivarda.channels import ChannelLayout
-from aivarda.normstats import NormStats
 from aivarda.errors import DataError
 from aivarda.geometry import Geometry
 from aivarda.grid import Grid
+from aivarda.normstats import NormStats
 
 
 def as_norm_stats(stats: NormStats | Mapping[str, Any]) -> NormStats:

@@ -7,8 +7,8 @@ from aivarda.background.genbe.fit import (
     control_variables,
     fit_genbe,
 )
-from aivarda.sphere import EARTH_RADIUS, Regrid, SphereOps
 from aivarda.background.genbe.transform import GenBeConfig, GenBeTransform
+from aivarda.sphere import EARTH_RADIUS, Regrid, SphereOps
 
 __all__ = [
     "EARTH_RADIUS",

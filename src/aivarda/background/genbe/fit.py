@@ -38,11 +38,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from aivarda.sphere import EARTH_RADIUS, Regrid, SphereOps
 from aivarda.channels import ChannelLayout
 from aivarda.errors import DataError
 from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
+from aivarda.sphere import EARTH_RADIUS, Regrid, SphereOps
 
 FORMAT = "aivarda-genbe"
 VERSION = 1

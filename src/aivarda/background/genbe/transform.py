@@ -27,7 +27,6 @@ from pydantic import Field
 from torch import Tensor
 
 from aivarda.background.genbe.fit import GenBeStatistics
-from aivarda.sphere import Regrid, SphereOps
 from aivarda.background.registry import (
     TransformConfig,
     TransformContext,
@@ -36,6 +35,7 @@ from aivarda.background.registry import (
 from aivarda.background.transforms import ControlTransform, _batch_shape
 from aivarda.errors import ConfigError
 from aivarda.paths import expand_path
+from aivarda.sphere import Regrid, SphereOps
 
 
 class GenBeTransform:
