@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aivarda.errors import ConfigError
+from aivarda.paths import check_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -132,6 +133,10 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Hours = Annotated[float, BeforeValidator(duration_hours)]
 """A config field given like :data:`Duration` → float hours."""
 
+SafeName = Annotated[str, AfterValidator(check_name)]
+"""A name that becomes part of a file name: no path separator, no ``..``, no leading dot, not empty
+(:func:`aivarda.paths.check_name`)."""
+
 
 class DataConfig(StrictModel):
     """Where the truth comes from: the embedded nature run or a WeatherBench2-layout Zarr store."""
@@ -148,7 +153,7 @@ class DataConfig(StrictModel):
 class ExperimentConfig(StrictModel):
     """Skeleton of a cycling experiment. Sections are added by the components that own them."""
 
-    name: str = "experiment"
+    name: SafeName = "experiment"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     start_time: datetime | None = None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from aivarda.errors import ConfigError, DataError
+from aivarda.paths import check_name
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
@@ -59,7 +60,12 @@ def load_run(path: str | Path, first_cycles: int | None = None) -> RunData:
         rows = [r for r in rows if int(r["cycle"]) < first_cycles]
         forecast_rows = [r for r in forecast_rows if int(r["cycle"]) < first_cycles]
     method = cfg.get("assimilation", {}).get("method", rows[0]["method"] if rows else "?")
-    return RunData(path, str(cfg.get("name") or path.name), method, rows, forecast_rows)
+    name = str(cfg.get("name") or path.name)
+    try:
+        check_name(name)  # the name becomes part of figure file names
+    except ValueError as exc:
+        raise DataError(f"{config}: name: {exc}") from None
+    return RunData(path, name, method, rows, forecast_rows)
 
 
 def _mean(rows: list[dict[str, str]], column: str) -> float | None:

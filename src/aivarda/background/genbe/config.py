@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from aivarda.config import DataConfig, Duration, StrictModel
+from aivarda.config import DataConfig, Duration, SafeName, StrictModel
 from aivarda.grid import Grid
 from aivarda.models.config import ModelConfig, resolve_path
 
@@ -66,7 +66,7 @@ class GenBeSection(StrictModel):
 class LearnBConfig(StrictModel):
     """``aivarda learn-b nmc|genbe CONFIG``."""
 
-    name: str = "genbe"
+    name: SafeName = "genbe"
     data: DataConfig = Field(default_factory=DataConfig)
     nmc: NmcSection = Field(default_factory=lambda: NmcSection(kind="lagged_truth"))
     genbe: GenBeSection = Field(default_factory=GenBeSection)
