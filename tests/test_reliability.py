@@ -236,3 +236,104 @@ def test_second_resume_while_one_runs_is_refused_and_a_dead_holder_is_taken_over
     code, _ = resume_cli(config, out, capsys)  # the killed holder's lock file is taken over
     assert code == 0
     assert_same_as(ref, out)
+
+
+# ------------------------------------------------------------------------------------------ values
+from test_stats import change_one_value  # noqa: E402
+
+
+@pytest.fixture
+def mini_copy(tmp_path: Path):
+    from conftest import write_mini_store
+
+    return write_mini_store(tmp_path / "mini.zarr")
+
+
+def test_nan_in_the_truth_names_variable_time_and_chunk(mini_copy) -> None:
+    from aivarda.data.sources import Wb2ZarrSource
+
+    change_one_value(mini_copy.path / "temperature", float("nan"))
+    src = Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout)
+    src.states(src.times[1:3])  # other times are unaffected
+    with pytest.raises(DataError) as err:
+        src.states(src.times[:2])
+    msg = str(err.value)
+    assert "\n" not in msg and "1 NaN/Inf values in temperature (t500 first)" in msg
+    chunk = src.chunk_file("temperature", (0, 0, 0, 0))
+    assert chunk.is_file() and "2020-01-01T00:00" in msg and f"chunk {chunk.relative_to(src.path)}" in msg
+
+
+def test_missing_chunk_file_read_as_nan_fill_is_named(mini_copy) -> None:
+    from aivarda.data.sources import Wb2ZarrSource
+
+    src = Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout)
+    chunk = src.chunk_file("2m_temperature", (2, 0, 0))
+    chunk.unlink()
+    with pytest.raises(DataError, match=rf"2m_temperature \(t2m first\) at .*{chunk.name} \(missing"):
+        src.states(src.times[:4])
+
+
+def test_truncated_zarr_chunk_names_the_file(mini_copy) -> None:
+    from aivarda.data.sources import Wb2ZarrSource
+
+    src = Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout)
+    chunk = src.chunk_file("geopotential", (1, 0, 0, 0))
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    src = Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout)
+    with pytest.raises(DataError) as err:
+        src.states(src.times[:3])
+    assert "\n" not in str(err.value) and f"{chunk.relative_to(src.path)} (20 bytes)" in str(err.value)
+
+
+def test_nan_statistics_in_the_cache_are_not_used(mini_copy) -> None:
+    import math
+
+    from aivarda.data import stats as stats_mod
+    from aivarda.data.sources import Wb2ZarrSource
+
+    src = Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout, span="train")
+    first = stats_mod.load_or_compute_norm_stats(src, progress=False)
+    (cached,) = (Path(__import__("os").environ["AIVARDA_HOME"]) / "stats").glob("norm_mini_*.json")
+    data = json.loads(cached.read_text())
+    data["std"][0] = math.nan
+    cached.write_text(json.dumps(data))
+    again = stats_mod.load_or_compute_norm_stats(src, progress=False)
+    assert again.finite() and again.std.tolist() == first.std.tolist()
+
+
+def test_statistics_cache_follows_a_repair_of_the_store(mini_copy) -> None:
+    """A NaN in the store, then the chunk restored byte for byte: statistics of the repaired
+    content, never the NaN ones."""
+    from aivarda.data import stats as stats_mod
+    from aivarda.data.sources import Wb2ZarrSource
+
+    src = Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout, span="train")
+    chunk = src.chunk_file("temperature", (0, 0, 0, 0))
+    good = chunk.read_bytes()
+    change_one_value(mini_copy.path / "temperature", float("nan"))
+    with pytest.raises(DataError, match="NaN"):
+        stats_mod.load_or_compute_norm_stats(Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout, span="train"),
+                                             progress=False)
+    chunk.write_bytes(good)
+    stats = stats_mod.load_or_compute_norm_stats(Wb2ZarrSource(mini_copy.path, layout=mini_copy.layout, span="train"),
+                                                 progress=False)
+    assert stats.finite()
+
+
+def test_check_state_names_a_nan_and_an_implausible_value() -> None:
+    import torch
+
+    from aivarda.channels import ChannelLayout
+    from aivarda.ranges import PLAUSIBLE_RANGE, check_state
+
+    layout = ChannelLayout.fengwu69()
+    x = torch.stack([torch.full((4, 8), sum(PLAUSIBLE_RANGE[ch.variable.short]) / 2) for ch in layout.channels])
+    assert check_state(x, layout, "forecast") is x
+    y = x.clone()
+    y[layout.index("q850"), 1, 2] = float("nan")
+    with pytest.raises(DataError, match=r"^forecast of cycle 3: 1 NaN/Inf values in q850"):
+        check_state(y[None], layout, "forecast of cycle 3")
+    y = x.clone()
+    y[layout.index("z500"), 0, 0] = 3.0e38
+    with pytest.raises(DataError, match=r"z500 = 3e\+38 m\*\*2 s\*\*-2 is outside the plausible range"):
+        check_state(y, layout, "analysis")
