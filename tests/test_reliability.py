@@ -337,3 +337,112 @@ def test_check_state_names_a_nan_and_an_implausible_value() -> None:
     y[layout.index("z500"), 0, 0] = 3.0e38
     with pytest.raises(DataError, match=r"z500 = 3e\+38 m\*\*2 s\*\*-2 is outside the plausible range"):
         check_state(y, layout, "analysis")
+
+
+# ------------------------------------------------------------------- one line and exit status 2
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_binary_config_is_one_line(tmp_path, capsys) -> None:
+    config = tmp_path / "binary.yaml"
+    config.write_bytes(bytes(range(256)) * 4)
+    assert main(["run", str(config)]) == 2
+    line = one_error_line(capsys)
+    assert "binary.yaml: not a text (UTF-8) YAML file" in line
+
+
+def test_binary_stations_csv_is_one_error(tmp_path) -> None:
+    from aivarda.errors import ObservationError
+    from aivarda.observations.simulator import read_stations
+
+    csv = tmp_path / "stations.csv"
+    csv.write_bytes(b"lat,lon\n\xff\xfe\x00\x81\n")
+    with pytest.raises(ObservationError, match=r"stations\.csv: not a text \(UTF-8\) CSV file"):
+        read_stations(csv)
+
+
+def test_empty_mask_file_is_one_error(tmp_path) -> None:
+    from aivarda.errors import ObservationError
+    from aivarda.observations.simulator import read_mask
+
+    mask = tmp_path / "mask.npy"
+    mask.write_bytes(b"")
+    with pytest.raises(ObservationError, match=r"mask\.npy: cannot read the observation mask \(EOFError"):
+        read_mask(mask, (4, 8))
+
+
+def test_run_out_naming_a_file_is_refused_before_any_computation(small_run, tmp_path, capsys, monkeypatch) -> None:
+    config, _ = small_run
+    monkeypatch.setattr(CyclingRunner, "_setup", lambda self: pytest.fail("computed before checking --out"))
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    assert main(["run", str(config), "--out", str(target)]) == 2
+    assert "a_file: the run directory names a file, expected a folder" in one_error_line(capsys)
+    assert main(["run", str(config), "--out", str(target / "sub")]) == 2
+    assert "cannot be created" in one_error_line(capsys)
+
+
+def test_read_only_output_is_refused_before_any_computation(small_run, tmp_path, capsys, monkeypatch) -> None:
+    import os
+
+    import aivarda.files
+
+    config, _ = small_run
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(aivarda.files.os, "access",  # a read-only folder even for root
+                        lambda p, mode: False if Path(p) == read_only else real_access(p, mode))
+    monkeypatch.setattr(CyclingRunner, "_setup", lambda self: pytest.fail("computed before checking --out"))
+    assert main(["run", str(config), "--out", str(read_only / "run")]) == 2
+    assert "is not writable" in one_error_line(capsys)
+
+
+def test_report_out_naming_a_file_is_one_line(small_run, tmp_path, capsys) -> None:
+    _, ref = small_run
+    target = tmp_path / "figures.png"
+    target.write_text("x")
+    assert main(["report", str(ref), "--out", str(target)]) == 2
+    assert "figures.png: --out (the figure folder) names a file" in one_error_line(capsys)
+
+
+def test_learn_b_out_naming_a_folder_is_refused_before_computing(tmp_path, capsys) -> None:
+    config = tmp_path / "b.yaml"
+    config.write_text(yaml.safe_dump({"name": "b", "data": {"source": "zarr", "path": str(tmp_path / "none.zarr")}}))
+    assert main(["learn-b", "genbe", str(config), "--out", str(tmp_path)]) == 2
+    assert "names a folder, expected a file" in one_error_line(capsys)
+
+
+def test_nmc_lag_of_zero_is_a_config_error(tmp_path) -> None:
+    config = tmp_path / "b.yaml"
+    config.write_text(yaml.safe_dump({"nmc": {"kind": "lagged_truth", "lag": "0h"}}))
+    with pytest.raises(ConfigError, match=r"b\.yaml: nmc: .*lag must be positive"):
+        load_config(config, LearnBConfig)
+
+
+def test_empty_assimilate_config_does_not_start_a_nature_run(tmp_path, capsys, monkeypatch) -> None:
+    import aivarda.data.nature_run as nature_run
+
+    monkeypatch.setattr(nature_run, "ensure_nature_run", lambda *a, **k: pytest.fail("nature run started"))
+    config = tmp_path / "empty.yaml"
+    config.write_text("")
+    assert main(["assimilate", str(config)]) == 2
+    assert "empty.yaml: data: required key is missing" in one_error_line(capsys)
+
+
+def test_os_errors_escaping_a_handler_are_one_line(small_run, tmp_path, capsys, monkeypatch) -> None:
+    import errno
+
+    import aivarda.evaluation.report as report
+
+    _, ref = small_run
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "rmse_z500.png"))
+
+    monkeypatch.setattr(report, "plot_report", full)
+    assert main(["report", str(ref), "--out", str(tmp_path / "fig")]) == 2
+    assert one_error_line(capsys).endswith("rmse_z500.png: No space left on device")

@@ -75,7 +75,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file (byte {exc.start} cannot be decoded)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -155,7 +157,10 @@ class ExperimentConfig(StrictModel):
 
     name: SafeName = "experiment"
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(
+        description="required: where the truth comes from ({source: nature_run} or {source: zarr, path: ...}); "
+        "an empty config must not silently start generating the nature run"
+    )
     start_time: datetime | None = None
     end_time: datetime | None = None
     cycle_time: Duration = timedelta(hours=6)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from aivarda.errors import ConfigError, DataError
+from aivarda.files import check_writable_dir
 from aivarda.paths import check_name
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
@@ -176,6 +177,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--first-cycles: expected a positive number of cycles, got {args.first_cycles}")
     runs = [load_run(p, args.first_cycles) for p in args.run_dirs]
     out = Path(args.out) if args.out is not None else Path(args.run_dirs[0]).resolve().parent / "report"
+    check_writable_dir(out, "--out (the figure folder)")
     figures = plot_report(runs, out)
     if args.json:
         print(json.dumps({"runs": [run_summary(r) for r in runs], "figures": [str(f) for f in figures]}, indent=2))

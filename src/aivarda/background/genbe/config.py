@@ -48,6 +48,8 @@ class NmcSection(StrictModel):
             raise ValueError("kind 'forecast' needs a 'model' section (or use kind: lagged_truth)")
         if self.long_lead <= self.short_lead:
             raise ValueError("long_lead must be longer than short_lead")
+        if self.short_lead <= timedelta(0) or self.lag <= timedelta(0):
+            raise ValueError("short_lead and lag must be positive durations (e.g. '24h')")
         return self
 
 
