@@ -446,3 +446,22 @@ def test_os_errors_escaping_a_handler_are_one_line(small_run, tmp_path, capsys, 
     monkeypatch.setattr(report, "plot_report", full)
     assert main(["report", str(ref), "--out", str(tmp_path / "fig")]) == 2
     assert one_error_line(capsys).endswith("rmse_z500.png: No space left on device")
+
+
+def test_partial_store_of_a_killed_nature_run_is_removed(tmp_path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    import aivarda.data.nature_run as nature_run
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    out = tmp_path / "nr.zarr"
+    stale = tmp_path / f".nr.zarr.tmp-{dead_pid}-123"
+    live = tmp_path / f".nr.zarr.tmp-{__import__('os').getpid()}-456"  # a generator still running
+    for d in (stale, live):
+        (d / "temperature").mkdir(parents=True)
+    monkeypatch.setattr(nature_run, "build_model", lambda cfg: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        nature_run.generate_nature_run(nature_run.NatureRunConfig.tiny(), out, progress=False)
+    assert not stale.exists() and live.exists()

@@ -78,6 +78,30 @@ def remove_stale_tmp(directory: str | Path) -> list[Path]:
     return removed
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_tmp_siblings(path: str | Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-…`` siblings of ``path`` left by writers that were killed (their
+    process is gone); those of live processes are left alone."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name[len(f".{path.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def check_writable_dir(path: str | Path, what: str) -> Path:
     """Refuse, before anything is computed, an output folder that names a file or cannot be
     written (itself, or the nearest existing folder it would be created in)."""
