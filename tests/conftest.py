@@ -1,10 +1,13 @@
 """Shared fixtures: a temporary ``$AIVARDA_HOME``, tiny WeatherBench2-layout stores with known
-values, and the tiny nature run."""
+values, the tiny nature run and the Lorenz-96 benchmark script as a module."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
+from types import ModuleType
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +163,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def lorenz96_benchmark() -> ModuleType:
+    """``benchmarks/lorenz96.py`` imported as a module (it is a script, not a package module)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lorenz96.py"
+    spec = importlib.util.spec_from_file_location("l96_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

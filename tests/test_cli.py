@@ -24,6 +24,7 @@ def test_describe_json(mini_wb2_store, capsys):
     assert info["time"] == {"start": "2020-01-01T00:00", "end": "2020-01-03T06:00", "n_times": 15,
                             "intervals_hours": [1.0, 6.0]}
     assert set(info["spans"]) == {"train", "hourly"}
+    assert info["fingerprint"]["origin"] is None and len(info["fingerprint"]["content"]) == 16  # not a nature run
     rows = {r["channel"]: r for r in info["channels"]}
     t2m = rows["t2m"]
     assert t2m["units"] == "K" and t2m["variable"] == "2m_temperature"

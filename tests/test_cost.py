@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from aivarda.assimilation import VariationalCost
+from aivarda.assimilation import ModelPropagation, VariationalCost
 from aivarda.background import DenseSqrtTransform, DiagonalTransform
 from aivarda.models.lorenz96 import Lorenz96
 
@@ -66,12 +66,9 @@ def l96_problem(window: int = 3, steps: int = 2, checkpointing: bool = True, flo
         DenseSqrtTransform(0.3 * random_spd(40, 6)),
         PointOperator(flat, t),
         obs,
-        model=model,
-        window_length=window,
-        steps_per_time=steps,
+        propagation=ModelPropagation(model, [steps] * (window - 1), checkpoint=checkpointing),
         bg_lamb=2.0,
         flow_error=flow_error,
-        checkpointing=checkpointing,
     )
     return cost, model, obs
 
@@ -147,10 +144,9 @@ def test_same_code_for_field_states_in_4d() -> None:
         DenseSqrtTransform(random_spd(24, 11), shape),
         PointOperator(flat, t),
         obs,
-        model=Drift(),
-        window_length=3,
+        propagation=ModelPropagation(Drift(), [1, 1]),
     )
-    assert cost.window(cost.background).shape == (3, *shape)
+    assert cost.window(torch.zeros(24, dtype=DT)).shape == (3, *shape)
     z = torch.randn(24, generator=g, dtype=DT, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: cost(v).total, (z,))
 
@@ -189,7 +185,7 @@ def test_obsset_active_subset_with_grid_point_operator() -> None:
     active = obs.active()
     op = GridPointOperator(flat[~obs.withheld], active.time_index, shape)
     cost = VariationalCost(
-        x_b, DiagonalTransform(torch.ones(2, dtype=DT), shape), op, active, model=Drift(), window_length=2
+        x_b, DiagonalTransform(torch.ones(2, dtype=DT), shape), op, active, propagation=ModelPropagation(Drift(), [1])
     )
     # x = x_b = 0 everywhere: J_o = ½ Σ_active y² / σ² = ½ (1 + 4 + 16) / 0.25
     torch.testing.assert_close(cost(torch.zeros(shape, dtype=DT)).observation, torch.tensor(42.0, dtype=DT))
@@ -199,12 +195,15 @@ def test_validation() -> None:
     x_b = torch.zeros(40, dtype=DT)
     u = DenseSqrtTransform(torch.eye(40, dtype=DT))
     obs = Obs(torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT), torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="forecast model"):
-        VariationalCost(x_b, u, lambda xw: xw[0, :3], obs, window_length=3)
+    with pytest.raises(ValueError, match="time_index"):  # a 3D window has one time
+        VariationalCost(x_b, u, lambda xw: xw[0, :3], obs)
     with pytest.raises(ValueError, match="time_index"):
-        VariationalCost(x_b, u, lambda xw: xw[0, :3], obs, model=Lorenz96(), window_length=2)
+        VariationalCost(x_b, u, lambda xw: xw[0, :3], obs, propagation=ModelPropagation(Lorenz96(), [1]))
     with pytest.raises(ValueError, match="error_std"):
-        VariationalCost(x_b, u, lambda xw: xw[0, :3], Obs(obs.value, torch.zeros(3, dtype=DT), obs.time_index), model=Lorenz96(), window_length=3)
-    cost = VariationalCost(x_b, u, lambda xw: xw[0, :2], obs, model=Lorenz96(), window_length=3)
+        VariationalCost(x_b, u, lambda xw: xw[0, :3], Obs(obs.value, torch.zeros(3, dtype=DT), obs.time_index),
+                        propagation=ModelPropagation(Lorenz96(), [1, 1]))
+    with pytest.raises(ValueError, match="steps must be positive"):
+        ModelPropagation(Lorenz96(), [1, 0])
+    cost = VariationalCost(x_b, u, lambda xw: xw[0, :2], obs, propagation=ModelPropagation(Lorenz96(), [1, 1]))
     with pytest.raises(ValueError, match="returned 2 values for 3"):
         cost(torch.zeros(40, dtype=DT))

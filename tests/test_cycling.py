@@ -11,13 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from aivarda.background.registry import BACKGROUNDS, TransformConfig, TransformContext
+from aivarda.background.transforms import DiagonalTransform
 from aivarda.channels import ChannelLayout
 from aivarda.cli import main
 from aivarda.config import load_config
@@ -61,6 +63,8 @@ def write_config(path: Path, store: Path, out: Path, **overrides: Any) -> Path:
         "model": persistence("6h"),
         "forecast": {"every": 2, "lead": "18h"},
         "output_dir": str(out),
+        # mechanics tests cycle the tiny world's train days (its statistics span): stamped in-sample
+        "allow_in_sample": True,
     }
     cfg.update(overrides)
     path.write_text(yaml.safe_dump(cfg))
@@ -220,7 +224,7 @@ def test_4dvar_cycling_with_hourly_window(cycling_store: Path, tmp_path: Path) -
         start_time="2000-01-04T00:00", end_time="2000-01-04T06:00", dynamic_member=1,
         assimilation={"method": "4dvar", "da_win": 3, "background_error": {"type": "diagonal"},
                       "outer_loops": 2, "inner_iterations": 6},
-        flow_model=persistence("1h"), forecast={"every": 0},
+        window_model=persistence("1h"), forecast={"every": 0},
     )
     CyclingRunner(load_config(config, CyclingConfig), progress=False).run()
     rows = read_rows(tmp_path / "4d")
@@ -244,23 +248,38 @@ def test_shipped_experiment_configs_validate(path: Path) -> None:
     cfg = load_config(path, CyclingConfig)
     assert len(cfg.cycle_times()) == 124
     assert cfg.observations.fraction == 0.05 or cfg.observations.mode == "fixed"
-    assert cfg.assimilation.method in ("none", "3dvar", "4dvar")
+    assert cfg.assimilation.method in ("none", "3dvar", "3dvar-fgat", "4dvar")
 
 
-def test_ensemble_b_hook_gets_the_members(cycling_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aivarda.cycling.runner as runner
+class _RecordingConfig(TransformConfig):
+    type: Literal["recording-ensemble-test"] = "recording-ensemble-test"
+    needs_ensemble: ClassVar[bool] = True
 
-    seen: list[torch.Tensor] = []
 
-    def recording_build(config: Any, context: Any) -> Any:
-        seen.append(context.statistics["ensemble"])
-        return build_transform(config, context)
+class _RecordingB(DiagonalTransform):
+    """A diagonal B that records the members it is given each cycle."""
 
-    build_transform = runner.build_transform
-    monkeypatch.setattr(runner, "build_transform", recording_build)
-    config = write_config(tmp_path / "eb.yaml", cycling_store, tmp_path / "eb", end_time="2000-01-02T06:00",
-                          ensemble_b=True, forecast={"every": 0}, outputs={"analyses_zarr": False})
-    CyclingRunner(load_config(config, CyclingConfig), progress=False).run()
+    seen: ClassVar[list[torch.Tensor]] = []
+
+    def update(self, members: torch.Tensor) -> None:
+        self.seen.append(members.clone())
+
+
+def test_a_b_that_needs_the_ensemble_gets_the_members_every_cycle(cycling_store: Path, tmp_path: Path) -> None:
+    @BACKGROUNDS.register("recording-ensemble-test", _RecordingConfig)
+    def _build(cfg: _RecordingConfig, context: TransformContext) -> _RecordingB:
+        return _RecordingB(context.require_error_std("recording"), context.state_shape)
+
+    _RecordingB.seen.clear()
+    try:
+        config = write_config(tmp_path / "eb.yaml", cycling_store, tmp_path / "eb", end_time="2000-01-02T06:00",
+                              assimilation={"method": "3dvar", "background_error": {"type": "recording-ensemble-test"},
+                                            "outer_loops": 1, "inner_iterations": 2},
+                              forecast={"every": 0}, outputs={"analyses_zarr": False})
+        CyclingRunner(load_config(config, CyclingConfig), progress=False).run()
+    finally:
+        BACKGROUNDS.unregister("recording-ensemble-test")
+    seen = _RecordingB.seen
     assert [tuple(m.shape) for m in seen] == [(2, 69, 32, 64)] * 2
     # persistence: the members of cycle 0 are the truth 2 and 3 cycles earlier
     truth = Wb2ZarrSource(cycling_store)

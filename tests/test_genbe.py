@@ -324,7 +324,7 @@ def write_random_store(path: Path, grid: Grid, seed: int = 0) -> None:
 
 
 def test_learn_b_cli_and_3dvar_with_genbe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis
+    from aivarda.assimilate import AnalyseConfig, run_single_analysis
     from aivarda.background.genbe.nmc import NmcSamples
     from aivarda.cli import main
     from aivarda.config import load_config
@@ -383,3 +383,49 @@ def test_learn_b_cli_and_3dvar_with_genbe(tmp_path: Path, capsys: pytest.Capture
     assert m["background_error"] == "genbe"
     assert m["normalised_wrmse"]["analysis"] < m["normalised_wrmse"]["background"]
     assert m["minimizer"]["J_final"] < m["minimizer"]["J_initial"]
+
+
+def test_samples_and_statistics_record_the_truth_span_they_read(tmp_path: Path) -> None:
+    import shutil
+
+    from aivarda.artefacts import trained_on_of_genbe
+    from aivarda.background.genbe.cli import fit_from_config, make_samples
+    from aivarda.background.genbe.config import LearnBConfig
+    from aivarda.background.genbe.nmc import NmcSamples
+    from aivarda.config import validate
+    from aivarda.data.fingerprint import store_identity
+    from aivarda.provenance import TimeSpan
+
+    store = tmp_path / "store.zarr"
+    write_random_store(store, Grid.gaussian(8, 16))
+    cfg = validate(LearnBConfig, {
+        "name": "t",
+        "data": {"source": "zarr", "path": str(store), "variables": list(LAYOUT.names)},
+        "nmc": {"kind": "lagged_truth", "lag": "24h", "span": "train"},
+    }, "cfg")
+    samples = make_samples(cfg, progress=False)
+    samples.save(tmp_path / "nmc.pt")
+    fit_from_config(cfg, samples).save(tmp_path / "genbe.pt")
+    # valid times: the train span's 6-hourly times with a state 24 h earlier, 2000-01-02T00 … 01-03T18
+    truth = TimeSpan(np.datetime64("2000-01-01T00"), np.datetime64("2000-01-03T18"), "train")
+    (nmc,) = trained_on_of_genbe(tmp_path / "nmc.pt")
+    (genbe,) = trained_on_of_genbe(tmp_path / "genbe.pt")
+    assert nmc.spans == genbe.spans == (truth,)
+    assert genbe.what == "genbe.pt (GEN_BE statistics)" and genbe.verb == "fitted on"
+    assert genbe.fingerprint == store_identity(store).fingerprint
+    # samples written before records existed: the whole span they came from, reached back by the lag
+    old = NmcSamples.load(tmp_path / "nmc.pt")
+    old.metadata.pop("trained_on")
+    old.save(tmp_path / "old.pt")
+    (derived,) = trained_on_of_genbe(tmp_path / "old.pt")
+    assert derived.spans == (TimeSpan(np.datetime64("1999-12-31T00"), np.datetime64("2000-01-03T18"), "train"),)
+    assert "derived" in derived.note
+    # ... and statistics fitted from such samples have unknown provenance once that store is gone
+    stats = torch.load(tmp_path / "genbe.pt", weights_only=True)
+    stats["metadata"]["trained_on"] = []
+    stats["metadata"]["samples"].pop("trained_on")
+    torch.save(stats, tmp_path / "old_genbe.pt")
+    assert trained_on_of_genbe(tmp_path / "old_genbe.pt")[0].spans == derived.spans
+    shutil.rmtree(store)
+    (unknown,) = trained_on_of_genbe(tmp_path / "old_genbe.pt")
+    assert not unknown.known and "not available" in unknown.note

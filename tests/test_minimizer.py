@@ -9,20 +9,26 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+import numpy as np
+
 from aivarda.assimilation import (
+    METHODS,
     AnalysisProblem,
     AnalysisResult,
     AssimilationConfig,
+    Method,
     Minimizer,
+    ModelPropagation,
     VariationalCost,
-    analyse,
+    Window,
+    build_method,
     method_names,
-    register_method,
+    parse_method_config,
 )
-from aivarda.assimilation import methods as methods_module
+from aivarda.config import read_yaml
 from aivarda.assimilation.cost import CostTerms
 from aivarda.background import DenseSqrtTransform, IdentityTransform
-from aivarda.config import load_config
+
 from aivarda.errors import ConfigError
 from aivarda.models.lorenz96 import Lorenz96
 
@@ -90,7 +96,8 @@ def test_diagnostics_and_4dvar_convergence() -> None:
     y = truth_window.reshape(3, -1)[t, flat]
     obs = Obs(y, torch.full((120,), 0.1, dtype=DT), t)
     op = lambda xw: xw.reshape(3, -1)[t, flat]
-    cost = VariationalCost(x_b, DenseSqrtTransform(0.25 * torch.eye(40, dtype=DT)), op, obs, model=model, window_length=3, steps_per_time=4)
+    cost = VariationalCost(x_b, DenseSqrtTransform(0.25 * torch.eye(40, dtype=DT)), op, obs,
+                           propagation=ModelPropagation(model, [4, 4]))
     result = Minimizer(outer_loops=3, inner_iterations=15, tolerance=1e-6).minimize(cost)
     d = result.diagnostics
     assert d[0]["iteration"] == 0 and {"outer", "J", "J_b", "J_o", "grad_norm", "evaluations"} <= set(d[0])
@@ -145,47 +152,93 @@ def test_divergence_falls_back_to_background() -> None:
 def test_config_selects_methods_from_yaml(tmp_path) -> None:
     path = tmp_path / "assim.yaml"
     path.write_text(
-        "method: 4dvar\nda_win: 3\nsteps_per_time: 4\nbg_lamb: 2\nflow_error: 0.1\n"
-        "outer_loops: 2\ninner_iterations: 10\nbackground_error:\n  type: dense\n  scale: 0.2\n"
+        "method: 4dvar\nda_win: 3\nwindow_interval: 2h\nbg_lamb: 2\nflow_error: 0.1\n"
+        "outer_loops: 2\ninner_iterations: 10\nbackground_error:\n  type: diagonal\n  scale: 0.2\n"
     )
-    cfg = load_config(path, AssimilationConfig)
-    assert cfg.method == "4dvar" and cfg.da_win == 3 and cfg.background_error.type == "dense"
+    cfg = parse_method_config(read_yaml(path), str(path))
+    assert cfg.method == "4dvar" and cfg.da_win == 3 and cfg.background_error.type == "diagonal"
     assert cfg.model_dump()["background_error"]["scale"] == 0.2
-    assert {"none", "3dvar", "4dvar"} <= set(method_names())
+    assert {"none", "3dvar", "3dvar-fgat", "4dvar"} <= set(method_names())
+    method = build_method(cfg)
+    assert method.needs.window_model and not method.needs.ensemble
+    assert list(method.window_offsets()) == [np.timedelta64(0, "h"), np.timedelta64(2, "h"), np.timedelta64(4, "h")]
+    assert method.window(np.datetime64("2000-01-01T00"), Lorenz96(dt=0.5)).steps == (4, 4)
+    with pytest.raises(ConfigError, match="not a whole number of model steps"):
+        method.window(np.datetime64("2000-01-01T00"), Lorenz96(dt=1.5))
 
     for text, match in [
-        ("method: 5dvar\n", "unknown method"),
-        ("method: 3dvar\nda_win: 2\n", "da_win"),
-        ("method: 4dvar\n", "da_win >= 2"),
+        ("method: 5dvar\n", "unknown assimilation method"),
+        ("method: 3dvar\nda_win: 2\n", "da_win: unknown key"),
+        ("method: 4dvar\nda_win: 1\n", "da_win: Input should be greater than or equal to 2"),
         ("method: 3dvar\nbackground_error: {type: nope}\n", "unknown background_error type"),
         ("method: 3dvar\nniter: 3\n", "niter: unknown key"),
+        ("method: 4dvar\nwindow_interval: 0h\n", "window_interval: Value error, must be positive"),
     ]:
         path.write_text(text)
         with pytest.raises(ConfigError, match=match):
-            load_config(path, AssimilationConfig)
+            parse_method_config(read_yaml(path), str(path))
 
 
 def test_methods_none_3dvar_and_registration() -> None:
     x_b = torch.zeros(40, dtype=DT)
     obs = Obs(torch.ones(40, dtype=DT), torch.ones(40, dtype=DT), torch.zeros(40))
+    window = Window(np.datetime64("2000-01-01"), np.zeros(1, dtype="timedelta64[s]"))
 
-    def problem(method: str) -> AnalysisProblem:
-        return AnalysisProblem(AssimilationConfig(method=method), x_b, IdentityTransform((40,)), lambda xw: xw[0], obs)
+    def analyse(method: str) -> AnalysisResult:
+        m = build_method({"method": method})
+        problem = AnalysisProblem(x_b, m.background_window(x_b, window, None), IdentityTransform((40,)),
+                                  lambda xw: xw[0], obs, window)
+        return m.analyse(problem)
 
-    none = analyse(problem("none"))
+    none = analyse("none")
     assert torch.equal(none.x_a, x_b) and none.converged
-    three = analyse(problem("3dvar"))
+    three = analyse("3dvar")
     # B = R = I, H = I: x_a = (x_b + y) / 2
     torch.testing.assert_close(three.x_a, torch.full((40,), 0.5, dtype=DT))
 
-    @register_method("halfway-test")
-    def halfway(p: AnalysisProblem) -> AnalysisResult:
-        x_a = p.background + 0.25
-        return AnalysisResult(x_a, torch.zeros(40, dtype=DT), x_a - p.background, [], True)
+    class HalfwayConfig(AssimilationConfig):
+        method: str = "halfway-test"
 
+    class Halfway(Method):
+        def analyse(self, p: AnalysisProblem) -> AnalysisResult:
+            x_a = p.background + 0.25
+            return AnalysisResult(x_a, torch.zeros(40, dtype=DT), x_a - p.background, [], True)
+
+    METHODS.register("halfway-test", HalfwayConfig)(Halfway)
     try:
-        assert torch.equal(analyse(problem("halfway-test")).x_a, x_b + 0.25)
+        assert torch.equal(analyse("halfway-test").x_a, x_b + 0.25)
         with pytest.raises(ValueError, match="already registered"):
-            register_method("halfway-test")(halfway)
+            METHODS.register("halfway-test", HalfwayConfig)(Halfway)
     finally:
-        methods_module._METHODS.pop("halfway-test")
+        METHODS.unregister("halfway-test")
+    with pytest.raises(ConfigError, match="unknown assimilation method 'halfway-test'"):
+        build_method({"method": "halfway-test"})
+
+
+def test_fgat_sees_the_background_trajectory_and_a_constant_increment() -> None:
+    """3DVar-FGAT: J_o compares y_t with x^b_t + U z (the background trajectory of the window
+    model, the increment constant in time); 4DVar with M_{0→t}(x_b + U z). For a linear model
+    that preserves constants the two agree when the increment is constant; here M damps, so they
+    differ by exactly the model's action on the increment."""
+    model = Lorenz96()
+    g = torch.Generator().manual_seed(3)
+    x_b = model.forecast(8 + torch.randn(40, generator=g, dtype=DT), 50)
+    window = Window(np.datetime64("2000-01-01"), np.arange(3) * np.timedelta64(1, "h"), (2, 2))
+    t = torch.arange(3).repeat_interleave(40)
+    flat = torch.arange(40).repeat(3)
+    op = lambda xw: xw.reshape(3, -1)[t, flat]  # noqa: E731
+    obs = Obs(torch.randn(120, generator=g, dtype=DT), torch.ones(120, dtype=DT), t)
+    fgat = build_method({"method": "3dvar-fgat", "da_win": 3})
+    bg_window = fgat.background_window(x_b, window, model)
+    problem = AnalysisProblem(x_b, bg_window, IdentityTransform((40,)), op, obs, window, model)
+    z = 0.1 * torch.randn(40, generator=g, dtype=DT)
+    expected = 0.5 * (z**2).sum() + 0.5 * ((bg_window + z).reshape(3, -1)[t, flat] - obs.value).pow(2).sum()
+    torch.testing.assert_close(fgat.cost(problem)(z).total, expected)
+    four = build_method({"method": "4dvar", "da_win": 3}).cost(problem)
+    states = torch.stack([x_b + z, model.forecast(x_b + z, 2), model.forecast(x_b + z, 4)])
+    torch.testing.assert_close(four.window(z), states)
+    # the FGAT analysis window is x^b_t + δx, starting exactly at x_a
+    result = fgat.analyse(problem)
+    an = fgat.analysis_window(problem, result)
+    assert torch.equal(an[0], result.x_a)
+    torch.testing.assert_close(an[1:], bg_window[1:] + result.increment)

@@ -53,7 +53,7 @@ def test_cycling_quickstart_with_shipped_models(
         model = build_forecast_model(arch, stats, source.grid, layout, dt)
         save_checkpoint(tmp_path / name, checkpoint_dict(model))
     monkeypatch.setattr(cycling_config, "DEFAULT_MODEL", tmp_path / "fengwu_6h.pt")
-    monkeypatch.setattr(cycling_config, "DEFAULT_FLOW_MODEL", tmp_path / "fengwu_1h.pt")
+    monkeypatch.setattr(cycling_config, "DEFAULT_WINDOW_MODEL", tmp_path / "fengwu_1h.pt")
     out = tmp_path / "out"
     out.mkdir()
     genbe = genbe_statistics(tiny_nature_run, tiny=True, progress=False)
@@ -66,5 +66,5 @@ def test_cycling_quickstart_with_shipped_models(
     none, var3, var4 = runs["none"], runs["3dvar"], runs["4dvar"]
     assert none["cycles"] == var3["cycles"] == var4["cycles"] == 4
     for run in (var3, var4):
-        rmse = run["mean_rmse"]["z500"]
-        assert rmse["analysis"] < 0.8 * none["mean_rmse"]["z500"]["analysis"]
+        rmse = run["rmse"]["z500"]
+        assert rmse["analysis"] < 0.8 * none["rmse"]["z500"]["analysis"]

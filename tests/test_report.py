@@ -33,7 +33,7 @@ def two_runs(cycling_store: Path, tmp_path_factory: pytest.TempPathFactory) -> l
 
 def test_report_json_shape_and_figures(two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "figs"
-    assert main(["report", *map(str, two_runs), "--json", "--out", str(out)]) == 0
+    assert main(["report", *map(str, two_runs), "--json", "--out", str(out), "--compare", "3dvar:none"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in report["runs"]] == ["none", "3dvar"]
     for r in report["runs"]:
@@ -41,12 +41,18 @@ def test_report_json_shape_and_figures(two_runs: list[Path], tmp_path: Path, cap
         stages = r["seconds_per_cycle"]
         assert stages["total"] == pytest.approx(r["wall_seconds"] / 2)
         assert sum(stages[s] for s in ("forecast", "observations", "minimisation", "io")) <= stages["total"]
-        assert set(r["mean_rmse"]) == set(HEADLINE_CHANNELS)
+        assert set(r["rmse"]) == set(HEADLINE_CHANNELS)
         assert set(r["forecast_rmse"]["z500"]) == {"6h", "12h"}
     none, var = report["runs"]
     # the free run's analysis is its background; 3DVar improves on its own background
-    assert none["mean_rmse"]["z500"]["analysis"] == none["mean_rmse"]["z500"]["background"]
-    assert var["mean_normalised_rmse"]["analysis"] < var["mean_normalised_rmse"]["background"]
+    assert none["rmse"]["z500"]["analysis"] == none["rmse"]["z500"]["background"]
+    assert var["normalised_rmse"]["analysis"] < var["normalised_rmse"]["background"]
+    # the runner's metrics feed the paired comparison; both runs drew seed 3's observations
+    (c,) = report["comparisons"]
+    assert c["cycles"] == 2 and c["seeds"] == [[3, 3]] and c["block_length"] == 2
+    z = c["scores"]["z500"]["analysis"]
+    assert z["difference"] == pytest.approx(var["rmse"]["z500"]["analysis"] - none["rmse"]["z500"]["analysis"])
+    assert report["provenance"]["aivarda_version"] and len(var["config_sha256"]) == 64
     names = {Path(f).name for f in report["figures"]}
     assert {"rmse_z500.png", "rmse_t850.png", "increment_none_z500.png", "increment_3dvar_z500.png"} <= names
     assert all(Path(f).stat().st_size > 0 for f in report["figures"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aivarda.assimilation.single_analysis import AnalyseConfig, run_single_analysis
+from aivarda.assimilate import AnalyseConfig, run_single_analysis
 from aivarda.cli import main
 from aivarda.config import load_config
 
@@ -37,7 +37,8 @@ def test_3dvar_analysis_beats_background(tiny_nature_run: Path, tmp_path: Path) 
         assert m["ana_wrmse"][name] < m["bg_wrmse"][name], name
     # the analysis fits the assimilated observations far better than the background did
     fit = m["observation_space"]["assimilated"]
-    assert fit["O-A"]["rms"] < 0.2 * fit["O-B"]["rms"]
+    # (σ_b and σ_o come from the tiny world's 3-day train span, never the analysed day: 0.24 here)
+    assert fit["O-A"]["rms"] < 0.3 * fit["O-B"]["rms"]
     assert m["minimizer"]["J_final"] < 0.01 * m["minimizer"]["J_initial"]
     assert not m["minimizer"]["fallback"]
     # withheld observations were simulated but not assimilated
@@ -76,5 +77,5 @@ def test_4dvar_without_model_is_a_config_error(tiny_nature_run: Path, tmp_path: 
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out4"
     assert main(["assimilate", str(config), "--out", str(out)]) == 2
-    assert "model" in capsys.readouterr().err
+    assert "window_model: method 4dvar needs a window model" in capsys.readouterr().err
     assert not out.exists()

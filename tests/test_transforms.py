@@ -104,7 +104,7 @@ def test_nonlinear_transform_fits_protocol() -> None:
 
 def test_registry_builds_from_config(tmp_path) -> None:
     assert {"identity", "diagonal", "dense"} <= set(transform_names())
-    ctx = TransformContext((3, 2, 2), torch.float64, {"std": torch.tensor([1.0, 2.0, 3.0], dtype=F64)})
+    ctx = TransformContext((3, 2, 2), torch.float64, error_std=torch.tensor([1.0, 2.0, 3.0], dtype=F64))
     assert isinstance(build_transform({"type": "identity"}, ctx), IdentityTransform)
 
     diag = build_transform({"type": "diagonal", "scale": 2.0}, ctx)

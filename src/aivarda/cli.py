@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the config's output_dir)")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.assimilation.single_analysis:main"))
+    p.add_argument("--allow-in-sample", action="store_true",
+                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+    p.set_defaults(func=_handler("aivarda.assimilate:main"))
 
     # --- cycling ------------------------------------------------------------------------------
     p = sub.add_parser("run", help="a cycling experiment (no-DA, 3DVar, 4DVar, ...); resumable")
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: the config's output_dir)")
     _add_json(p)
+    p.add_argument("--allow-in-sample", action="store_true",
+                   help="score a period a model/B/statistics was trained on (stamped on every output)")
     p.set_defaults(func=_handler("aivarda.cycling.runner:main"))
 
     p = sub.add_parser("report", help="table and figures comparing cycling runs")
@@ -106,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="figure directory (default: report/ beside the first run)")
     p.add_argument("--first-cycles", type=int, default=None, metavar="N",
                    help="only the first N cycles of every run (e.g. to compare with a shorter run)")
+    p.add_argument("--compare", action="append", default=None, metavar="A:B",
+                   help="paired difference A − B over the common cycles with a 95%% block-bootstrap interval "
+                        "(A, B: run name, directory or 1-based position; the seeds of one configuration are combined); repeatable")
+    p.add_argument("--block-length", type=int, default=4, metavar="CYCLES",
+                   help="block length of the moving-block bootstrap in cycles (default 4: one day of 6-hour cycles)")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.evaluation.report:main"))
 
@@ -149,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.background.genbe.cli:genbe_main"))
+
+    # --- provenance ---------------------------------------------------------------------------
+    p = sub.add_parser("provenance", help="what checkpoints/B files were trained on; check a period is out of sample")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="forecast-model checkpoints, GEN_BE or NMC files")
+    p.add_argument("--store", type=Path, default=None, help="the store a run would score against")
+    p.add_argument("--from", dest="start", default=None, help="first scored time (ISO), with --store")
+    p.add_argument("--to", dest="end", default=None, help="last scored time (ISO), with --store")
+    p.add_argument("--allow-in-sample", action="store_true", help="report an overlap instead of refusing")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.artefacts:main"))
 
     return parser
 

@@ -22,3 +22,8 @@ class DataError(AivardaError):
 
 class ObservationError(AivardaError):
     """Observations are malformed (outside the grid, NaN values, negative error std...)."""
+
+
+class LeakageError(ConfigError):
+    """A run would score times that a trained artefact it uses was trained or fitted on
+    (:func:`aivarda.provenance.check_out_of_sample`); ``--allow-in-sample`` overrides."""

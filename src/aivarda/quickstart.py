@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aivarda.assimilation.single_analysis import (
+from aivarda.assimilate import (
     AnalyseConfig,
     run_single_analysis,
     summary_table,
@@ -45,7 +45,12 @@ SINGLE_ANALYSES: dict[str, tuple[str, str]] = {
     "3dvar_genbe": ("3dvar", "genbe"),
 }
 """Experiment name → (method, background-error type) of the single-analysis quickstart."""
-CYCLING_METHODS = ("none", "3dvar", "4dvar")
+CYCLING_METHODS: dict[str, dict[str, object]] = {
+    "none": {"method": "none"},
+    "3dvar": {"method": "3dvar"},
+    "4dvar": {"method": "4dvar", "da_win": 3},
+}
+"""Experiment name → the method part of its ``assimilation`` section (4DVar: a 3-hour window)."""
 
 
 def quickstart_nature_run(tiny: bool = False) -> NatureRunConfig:
@@ -117,17 +122,15 @@ def cycling_config(
     """The quickstart's cycling experiment for ``method``: 6-hourly cycles from ``start`` (the
     first time of the store's hourly ``eval`` span; 8 cycles, 4 with ``tiny``), the shipped models,
     the GEN_BE static B ``genbe``, first background a 48-h forecast of the truth (``gap: 8``)."""
-    from aivarda.data.sources import format_time
+    from aivarda.timeaxis import format_time
 
     end = start + np.timedelta64(18 if tiny else 42, "h")
     assimilation: dict = {
-        "method": method,
+        **CYCLING_METHODS[method],
         "background_error": {"type": "genbe", "file": str(genbe)},
         "outer_loops": 2,
         "inner_iterations": 5,
     }
-    if method == "4dvar":
-        assimilation["da_win"] = 3
     return validate(
         CyclingConfig,
         {

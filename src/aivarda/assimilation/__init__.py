@@ -1,26 +1,35 @@
-"""Variational assimilation: the cost function, the minimiser and the method registry."""
+"""Variational assimilation: the cost function, the minimiser, windows and the method registry."""
 
 from aivarda.assimilation.cost import CostTerms, Observations, VariationalCost
 from aivarda.assimilation.methods import (
+    METHODS,
     AnalysisProblem,
     AssimilationConfig,
-    analyse,
-    get_method,
+    Method,
+    Needs,
+    build_method,
     method_names,
-    register_method,
+    parse_method_config,
 )
 from aivarda.assimilation.minimizer import AnalysisResult, Minimizer
+from aivarda.assimilation.window import BackgroundTrajectory, ModelPropagation, Propagation, Window
 
 __all__ = [
+    "METHODS",
     "AnalysisProblem",
     "AnalysisResult",
     "AssimilationConfig",
+    "BackgroundTrajectory",
     "CostTerms",
+    "Method",
     "Minimizer",
+    "ModelPropagation",
+    "Needs",
     "Observations",
+    "Propagation",
     "VariationalCost",
-    "analyse",
-    "get_method",
+    "Window",
+    "build_method",
     "method_names",
-    "register_method",
+    "parse_method_config",
 ]

@@ -1,17 +1,17 @@
-"""The variational cost function shared by 3DVar and 4DVar (DESIGN §3).
+"""The variational cost function shared by every variational method.
 
 .. math::
 
-    J(z) = ½‖z‖² + \\frac{1}{λ}·½ \\sum_{t=0}^{T-1} ‖H_t(M_{0→t}(x_b + U z)) − y_t‖²_{R_t^{-1}}
+    J(z) = ½‖z‖² + \\frac{1}{λ}·½ \\sum_{t=0}^{T-1} ‖H_t(P_t(x_b, U z)) − y_t‖²_{R_t^{-1}}
 
 - ``z``: control variable ``[*latent_shape]``; ``U``: a :class:`ControlTransform`
   (``B = U Uᵀ`` when linear); ``x_b``: background at the window start ``[*S]``.
-- ``T = da_win`` window times. ``T = 1`` is 3DVar (no model). ``T > 1`` is strong-constraint
-  4DVar: ``M_{0→t}`` runs the forecast model ``steps_per_time`` model steps between consecutive
-  window times (e.g. 4 Lorenz-96 steps between observation times), each step wrapped in
-  ``torch.utils.checkpoint`` so the autograd graph keeps only the window states, not the model's
-  activations (the backward pass re-runs one step at a time). Without checkpointing the steps
-  between window times are one ``model.forecast(x, n)`` call.
+- ``P``: the window :class:`~aivarda.assimilation.window.Propagation` of the method, giving the
+  trajectory ``[T, *S]`` the observations see: ``x_b + U z`` alone (3DVar, ``T = 1``), the forecast
+  model stepped through the window from ``x_b + U z`` (strong-constraint 4DVar:
+  ``M_{0→t}(x_b + U z)``, each step a checkpointed segment so autograd keeps only the window
+  states), or a fixed background trajectory plus the increment (3DVar-FGAT; 4D ensemble
+  increments ``U_t z``).
 - The window trajectory ``x_window [T, *S]`` goes through one observation operator
   ``H: [T, *S] → [N]`` (any differentiable callable; the ``ObservationOperator`` protocol);
   observation ``j`` has value ``y_j``, error std ``σ_j`` and window time ``t_j`` (the ObsSet
@@ -28,16 +28,14 @@ atmosphere go through the same lines. All tensors take the dtype of ``background
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
+from aivarda.assimilation.window import BackgroundTrajectory, Propagation
 from aivarda.background.transforms import ControlTransform
-from aivarda.models.base import ForecastModel
 from aivarda.observations.operators import ObservationOperator
 
 
@@ -69,27 +67,15 @@ class VariationalCost:
         operator: ObservationOperator,
         observations: Observations,
         *,
-        model: ForecastModel | None = None,
-        window_length: int = 1,
-        steps_per_time: int | Sequence[int] = 1,
+        propagation: Propagation | None = None,
         bg_lamb: float = 1.0,
         flow_error: float = 0.0,
-        checkpointing: bool = True,
     ):
-        if window_length < 1:
-            raise ValueError(f"VariationalCost: window_length (da_win) must be >= 1, got {window_length}")
-        if window_length > 1 and model is None:
-            raise ValueError("VariationalCost: a window of more than one time (4DVar) needs a forecast model")
+        if propagation is None:
+            propagation = BackgroundTrajectory(background[None])
+        window_length = propagation.n_times
         if bg_lamb <= 0:
             raise ValueError(f"VariationalCost: bg_lamb must be > 0, got {bg_lamb}")
-        if isinstance(steps_per_time, int):
-            steps = [steps_per_time] * (window_length - 1)
-        else:
-            steps = [int(s) for s in steps_per_time]
-        if len(steps) != window_length - 1 or any(s < 1 for s in steps):
-            raise ValueError(
-                f"VariationalCost: steps_per_time must be a positive int or {window_length - 1} positive ints, got {steps_per_time}"
-            )
         if tuple(transform.state_shape) != tuple(background.shape):
             raise ValueError(
                 f"VariationalCost: transform state shape {list(transform.state_shape)} != background shape {list(background.shape)}"
@@ -110,12 +96,10 @@ class VariationalCost:
         self.background = background.detach()
         self.transform = transform
         self.operator = operator
-        self.model = model
+        self.propagation = propagation
         self.window_length = window_length
-        self.steps = steps
         self.bg_lamb = float(bg_lamb)
         self.flow_error = float(flow_error)
-        self.checkpointing = checkpointing
         self.y = y
         self.time_index = t
         self.inverse_variance = 1.0 / (std**2 * (1.0 + (self.flow_error * t.to(dtype)) ** 2))
@@ -125,26 +109,15 @@ class VariationalCost:
         return tuple(self.transform.latent_shape)
 
     def state(self, z: Tensor) -> Tensor:
-        """``x_0 = x_b + U(z)`` (``[*S]``)."""
-        return self.background + self.transform.decode(z)
+        """``x_0 = x_b + U(z)`` (``[*S]``; the window start of a 4D increment)."""
+        dx = self.transform.decode(z)
+        if dx.ndim > self.background.ndim:  # a 4D increment [T, *S]
+            dx = dx[0]
+        return self.background + dx
 
-    def _advance(self, x: Tensor, n: int) -> Tensor:
-        """``n`` model steps; with checkpointing each step is its own checkpointed segment."""
-        assert self.model is not None
-        if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
-            for _ in range(n):
-                x = checkpoint(self.model.step, x, use_reentrant=False)
-            return x
-        return self.model.forecast(x, n)
-
-    def window(self, x0: Tensor) -> Tensor:
-        """The strong-constraint trajectory ``[M_{0→t}(x_0)]_{t<T}`` as ``[T, *S]``."""
-        states = [x0]
-        x = x0
-        for n in self.steps:
-            x = self._advance(x, n)
-            states.append(x)
-        return torch.stack(states)
+    def window(self, z: Tensor) -> Tensor:
+        """The window trajectory ``P(x_b, U z)`` as ``[T, *S]``."""
+        return self.propagation(self.background, self.transform.decode(z))
 
     def innovation_terms(self, x_window: Tensor) -> Tensor:
         """``H(x_window) − y`` (``[N]``)."""
@@ -157,6 +130,6 @@ class VariationalCost:
 
     def __call__(self, z: Tensor) -> CostTerms:
         j_b = 0.5 * (z * z).sum()
-        d = self.innovation_terms(self.window(self.state(z)))
+        d = self.innovation_terms(self.window(z))
         j_o = (0.5 / self.bg_lamb) * (d * d * self.inverse_variance).sum()
         return CostTerms(total=j_b + j_o, background=j_b, observation=j_o)

@@ -1,6 +1,7 @@
 """Background-error covariance as control-variable transforms ``δx = U(z)``, ``B = U Uᵀ``."""
 
 from aivarda.background.registry import (
+    BACKGROUNDS,
     TransformConfig,
     TransformContext,
     build_transform,
@@ -18,6 +19,7 @@ from aivarda.background.transforms import (
 )
 
 __all__ = [
+    "BACKGROUNDS",
     "ControlTransform",
     "DenseSqrtTransform",
     "DiagonalTransform",

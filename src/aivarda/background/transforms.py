@@ -1,4 +1,4 @@
-"""Control-variable transforms ``U: z ↦ δx`` (DESIGN §3).
+"""Control-variable transforms ``U: z ↦ δx``.
 
 The variational cost is minimised over a control variable ``z`` with an identity background
 covariance, ``J_b = ½‖z‖²``. The transform maps it to a state increment ``δx = U(z)``, so that for
@@ -39,6 +39,15 @@ class LinearControlTransform(ControlTransform, Protocol):
 
     def adjoint(self, dx: Tensor) -> Tensor:
         """``[..., *state_shape] → [..., *latent_shape]``."""
+        ...
+
+
+@runtime_checkable
+class EnsembleTransform(ControlTransform, Protocol):
+    """A transform updated every cycle from the ensemble (its config sets ``needs_ensemble``)."""
+
+    def update(self, members: Tensor) -> None:
+        """Take the members ``[K, *state_shape]`` (or their window trajectories) of this cycle."""
         ...
 
 

@@ -8,19 +8,18 @@ Example (the embedded world; see ``configs/exp_3DVar.yaml``)::
     start_time: 2000-08-01T00:00
     end_time: 2000-08-31T18:00        # inclusive: 124 cycles of 6 h
     cycle_time: 6h                    # analysis interval and step of the cycling model
-    flow_cycle_time: 1h               # spacing of the da_win window times (4DVar)
     dynamic_member: 8                 # time-lagged members: forecasts of 1…8 cycles valid now
     gap: 8                            # first background: a gap-cycle forecast from the truth
     observations: {mode: random, fraction: 0.05, withhold: 0.15}
-    assimilation: {method: 3dvar, background_error: {type: diagonal}}
+    assimilation: {method: 3dvar, background_error: {type: diagonal}}   # 4D methods: da_win, window_interval
     model: null                       # the 6-hour model; null: the shipped fengwu_6h.pt
-    flow_model: null                  # the 1-hour 4DVar window model; null: the shipped fengwu_1h.pt
+    window_model: null                # the 1-hour window model (methods that need one); null: the shipped fengwu_1h.pt
     forecast: {every: 4, lead: 5d}    # a 5-day forecast from every 4th analysis
     outputs: {analyses_zarr: true}
     output_dir: runs/exp_3DVar
 
-Cycle ``n`` analyses at ``t_n = start_time + n·cycle_time`` over the window
-``t_n + k·flow_cycle_time``, ``k = 0 … da_win − 1``.
+Cycle ``n`` analyses at ``t_n = start_time + n·cycle_time`` over the method's window (e.g.
+``t_n + k·window_interval``, ``k = 0 … da_win − 1`` for the 4D methods).
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from aivarda.assimilation.methods import AssimilationConfig
-from aivarda.config import Duration, ExperimentConfig, StrictModel
+from aivarda.components import DAExperimentConfig
+from aivarda.config import Duration, StrictModel
 from aivarda.errors import ConfigError
 from aivarda.models.config import ModelConfig
 from aivarda.observations.config import ObservationConfig
@@ -41,13 +40,13 @@ from aivarda.paths import ASSETS
 
 DEFAULT_MODEL = ASSETS / "fengwu_6h.pt"
 """The shipped 6-hour forecast model (cycling, forecasts, ensemble)."""
-DEFAULT_FLOW_MODEL = ASSETS / "fengwu_1h.pt"
-"""The shipped 1-hour forecast model (inside the 4DVar window)."""
+DEFAULT_WINDOW_MODEL = ASSETS / "fengwu_1h.pt"
+"""The shipped 1-hour forecast model (inside the window of the 4D methods)."""
 
 
 def default_models_available() -> bool:
     """Whether both shipped trained models exist."""
-    return DEFAULT_MODEL.is_file() and DEFAULT_FLOW_MODEL.is_file()
+    return DEFAULT_MODEL.is_file() and DEFAULT_WINDOW_MODEL.is_file()
 
 
 def seed_observations() -> ObservationConfig:
@@ -71,23 +70,14 @@ class OutputsConfig(StrictModel):
     observations: bool = Field(default=False, description="each cycle's ObsSet into observations/cycle_NNNNN.nc")
 
 
-class CyclingConfig(ExperimentConfig):
-    """A cycling experiment: :class:`~aivarda.config.ExperimentConfig` plus the window, the
-    time-lagged ensemble, the observing system, the method, the models and the outputs."""
+class CyclingConfig(DAExperimentConfig):
+    """A cycling experiment: :class:`~aivarda.components.DAExperimentConfig` plus the time-lagged
+    ensemble, the cycling model, the forecasts and the outputs."""
 
-    span: str | None = Field(default=None, description="span of the store the truth is read from (None: all)")
-    flow_cycle_time: Duration = Field(default=timedelta(hours=1), description="spacing of the da_win window times")
     dynamic_member: int = Field(default=8, ge=1, description="time-lagged members (forecast leads 1…N cycles)")
     gap: int = Field(default=8, ge=1, description="first background: forecast of the truth `gap` cycles earlier")
-    ensemble_b: bool = Field(
-        default=False,
-        description="rebuild the background-error transform every cycle with the members "
-        "(TransformContext.statistics['ensemble'], [K, C, H, W]); static B otherwise",
-    )
     observations: ObservationConfig = Field(default_factory=seed_observations)
-    assimilation: AssimilationConfig = Field(default_factory=AssimilationConfig)
     model: ModelConfig | None = Field(default=None, description="the cycling model (dt = cycle_time); null: shipped")
-    flow_model: ModelConfig | None = Field(default=None, description="the 4DVar window model; null: shipped")
     forecast: ForecastModeConfig = Field(default_factory=ForecastModeConfig)
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available")
@@ -98,18 +88,16 @@ class CyclingConfig(ExperimentConfig):
             raise ValueError("start_time and end_time are required (ISO times, e.g. 2000-08-01T00:00)")
         if self.end_time < self.start_time:
             raise ValueError("end_time must not be before start_time")
-        if self.cycle_time <= timedelta(0) or self.flow_cycle_time <= timedelta(0):
-            raise ValueError("cycle_time and flow_cycle_time must be positive")
+        if self.cycle_time <= timedelta(0):
+            raise ValueError("cycle_time must be positive")
         if (self.end_time - self.start_time) % self.cycle_time:
             raise ValueError("end_time - start_time must be a whole number of cycle_time")
         return self
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)
-        self.observations.resolve_paths(base)
-        for m in (self.model, self.flow_model):
-            if m is not None:
-                m.resolve_paths(base)
+        if self.model is not None:
+            self.model.resolve_paths(base)
 
     def torch_device(self) -> str:
         """The device the models and the analysis run on."""
@@ -126,21 +114,19 @@ class CyclingConfig(ExperimentConfig):
         n = (self.end_time - self.start_time) // self.cycle_time + 1  # type: ignore[operator]
         return (start + np.arange(n) * step).astype("datetime64[ns]")
 
-    def window_offsets(self) -> np.ndarray:
-        """``[T]`` timedelta64 offsets of the window times from the analysis time."""
-        step = np.timedelta64(int(self.flow_cycle_time.total_seconds()), "s")
-        return np.arange(self.assimilation.da_win) * step
+    def forecast_model_config(self) -> ModelConfig:
+        """The configured (or shipped default) cycling model."""
+        return self.model if self.model is not None else _shipped(DEFAULT_MODEL, "model")
 
-    def forecast_model_config(self, flow: bool = False) -> ModelConfig:
-        """The configured (or shipped default) cycling model, or the 4DVar window model."""
-        cfg = self.flow_model if flow else self.model
-        if cfg is not None:
-            return cfg
-        path = DEFAULT_FLOW_MODEL if flow else DEFAULT_MODEL
-        if not path.is_file():
-            key = "flow_model" if flow else "model"
-            raise ConfigError(
-                f"{key}: not given and the shipped default weights {path} do not exist yet; "
-                f"train one (aivarda train-model) and set {key}: {{checkpoint: PATH}}"
-            )
-        return ModelConfig(checkpoint=path)
+    def window_model_config(self) -> ModelConfig:
+        """The configured (or shipped default) window model."""
+        return self.window_model if self.window_model is not None else _shipped(DEFAULT_WINDOW_MODEL, "window_model")
+
+
+def _shipped(path: Path, key: str) -> ModelConfig:
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: not given and the shipped default weights {path} do not exist yet; "
+            f"train one (aivarda train-model) and set {key}: {{checkpoint: PATH}}"
+        )
+    return ModelConfig(checkpoint=path)

@@ -1,4 +1,4 @@
-"""The time-lagged ensemble (DESIGN §5), kept on disk.
+"""The time-lagged ensemble, kept on disk.
 
 Each analysis ``x_a(n)`` (cycle ``n``) is forecast ``1 … K`` cycles ahead (``K = dynamic_member``,
 one cycle = ``cycle_time`` = ``steps_per_cycle`` model steps). At cycle ``m`` the members are the
@@ -34,20 +34,15 @@ from torch import Tensor
 from aivarda.channels import ChannelLayout
 from aivarda.errors import DataError
 from aivarda.files import atomic_write, checksum_file, verify_checksum, write_checksum
-from aivarda.models.base import ForecastModel
+from aivarda.models.base import ForecastModel, iterate_trajectory
 from aivarda.ranges import check_state
 
 
 def forecast_trajectory(model: ForecastModel, x0: Tensor, n_cycles: int, steps_per_cycle: int) -> Tensor:
     """``[M^{s}(x0), M^{2s}(x0), …]`` for ``n_cycles`` cycles of ``s = steps_per_cycle`` steps:
     ``[n_cycles, *x0.shape]`` (no gradients; ``x0`` may carry batch dimensions)."""
-    out = []
-    x = x0
     with torch.no_grad():
-        for _ in range(n_cycles):
-            x = model.forecast(x, steps_per_cycle)
-            out.append(x)
-    return torch.stack(out)
+        return torch.stack(list(iterate_trajectory(model, x0, [steps_per_cycle] * n_cycles)))
 
 
 class LaggedEnsemble:

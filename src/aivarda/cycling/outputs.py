@@ -7,12 +7,16 @@ The metrics row of a cycle is *wide* (one row per cycle):
 - ``bg_wrmse_<ch>``, ``ana_wrmse_<ch>``, ``bg_bias_<ch>``, ``ana_bias_<ch>`` for every channel
   (latitude-weighted, :mod:`aivarda.evaluation.metrics`), ``bg_nrmse``/``ana_nrmse`` (channel mean
   of RMSE/σ_clim);
+- with the baselines of :func:`aivarda.evaluation.metrics.baseline_scores`: ``clim_wrmse_<ch>``,
+  ``pers_wrmse_<ch>`` (RMSE of the climatological mean state and of persistence of the truth one
+  cycle earlier), ``sigma_clim_<ch>`` (σ_clim, the normaliser of the ``*_nrmse`` columns),
+  ``clim_nrmse``, ``pers_nrmse``;
 - ``obs_<flag>`` counts, and ``{omb,oma}_{assimilated,withheld}_{count,mean,rms,normalised_rms}``
   (observation space, O−B and O−A);
 - ``min_iterations``, ``min_J_initial``, ``min_J_final``, ``min_converged``, ``min_fallback``;
 - ``wall_forecast``, ``wall_observations``, ``wall_minimisation``, ``wall_io``, ``wall_total`` (s).
 
-``metrics.nc`` holds the same numbers: per-channel scores as ``[cycle, channel]`` arrays, the rest
+``metrics.nc`` holds the same numbers: per-channel scores (and baselines) as ``[cycle, channel]`` arrays, the rest
 as ``[cycle]`` (the CSV is rewritten after every cycle, the netCDF files at the end of a run). Forecast scores (forecast mode) go to ``forecast_scores.csv`` (one row per
 forecast and lead, ``rmse_<ch>`` columns) and ``forecasts.nc`` (``rmse [init, lead, channel]``).
 """
@@ -33,6 +37,9 @@ from aivarda.files import atomic_write, atomic_write_text
 from aivarda.grid import Grid
 
 PER_CHANNEL = ("bg_wrmse", "ana_wrmse", "bg_bias", "ana_bias")
+BASELINE_PER_CHANNEL = ("clim_wrmse", "pers_wrmse", "sigma_clim")
+"""Per-channel columns of the baselines (present when the runner passes ``baselines``)."""
+BASELINE_SCALARS = ("clim_nrmse", "pers_nrmse")
 WALL_STAGES = ("forecast", "observations", "minimisation", "io")
 
 
@@ -45,13 +52,19 @@ def metrics_row(
     obs_space: dict[str, Any],
     minimizer: dict[str, Any],
     wall: dict[str, float],
+    baselines: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The wide metrics row of one cycle (see the module docstring)."""
+    """The wide metrics row of one cycle (see the module docstring); ``baselines`` is the result of
+    :func:`aivarda.evaluation.metrics.baseline_scores` for the cycle (None: no baseline columns)."""
     row: dict[str, Any] = {"cycle": cycle, "time": str(np.datetime64(time, "s")), "method": method}
     for key in PER_CHANNEL:
         row.update({f"{key}_{ch}": v for ch, v in scores[key].items()})
     row["bg_nrmse"] = scores["normalised_wrmse"]["background"]
     row["ana_nrmse"] = scores["normalised_wrmse"]["analysis"]
+    if baselines is not None:
+        for key in BASELINE_PER_CHANNEL:
+            row.update({f"{key}_{ch}": v for ch, v in baselines.get(key, {}).items()})
+        row.update({key: baselines[key] for key in BASELINE_SCALARS if key in baselines})
     row.update({f"obs_{k}": v for k, v in counts.items()})
     for subset in ("assimilated", "withheld"):
         for label, prefix in (("O-B", "omb"), ("O-A", "oma")):
@@ -66,8 +79,9 @@ def metrics_row(
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    if rows:  # the union of the columns (a run resumed by a newer version may add some), empty where absent
+        fields = list(dict.fromkeys(col for row in rows for col in row))
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return buf.getvalue()
@@ -99,15 +113,18 @@ def write_metrics(out: Path, records: list[dict[str, Any]], layout: ChannelLayou
     if not rows or not netcdf:
         return
     names = list(layout.names)
+    columns = list(dict.fromkeys(col for row in rows for col in row))
+    keys = [*PER_CHANNEL, *(k for k in BASELINE_PER_CHANNEL if f"{k}_{names[0]}" in columns)]
     data: dict[str, Any] = {
-        key: (("cycle", "channel"), np.array([[r[f"{key}_{ch}"] for ch in names] for r in rows], dtype=np.float64))
-        for key in PER_CHANNEL
+        key: (("cycle", "channel"),
+              np.array([[r.get(f"{key}_{ch}", math.nan) for ch in names] for r in rows], dtype=np.float64))
+        for key in keys
     }
-    per_channel_cols = {f"{k}_{ch}" for k in PER_CHANNEL for ch in names}
-    for col in rows[0]:
+    per_channel_cols = {f"{k}_{ch}" for k in keys for ch in names}
+    for col in columns:
         if col in per_channel_cols or col in ("cycle", "time", "method"):
             continue
-        data[col] = (("cycle",), np.array([float(r[col]) for r in rows], dtype=np.float64))
+        data[col] = (("cycle",), np.array([float(r.get(col, math.nan)) for r in rows], dtype=np.float64))
     ds = xr.Dataset(
         data,
         coords={"cycle": [r["cycle"] for r in rows], "channel": names,

@@ -1,18 +1,17 @@
-"""The cycling runner (``aivarda run CONFIG [--resume]``), DESIGN §2.
+"""The cycling runner (``aivarda run CONFIG [--resume]``).
 
+It receives built parts (:func:`aivarda.components.build_components`: the truth, the method, its
+window model, statistics, simulator, B) and the cycling model, and asks the method what differs.
 Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
 
 1. background ``x_b = M(x_a(n − 1))``, the lead-1 member of the time-lagged ensemble store
    (:mod:`aivarda.cycling.ensemble`; before the first analysis the members come from the truth
-   ``gap`` cycles earlier);
-2. observations of the truth window ``t_n + k·flow_cycle_time``, ``k < da_win``, simulated with
+   ``gap`` cycles earlier), and the members valid at ``t_n`` when the method or the B needs them;
+2. observations of the truth at the method's window times, simulated with
    ``SeedSequence([seed, n])`` (the same draws when a run is resumed), quality-controlled against
-   the background window;
-3. the background-error transform: built once (static B), or every cycle from the members when
-   ``ensemble_b`` (``TransformContext.statistics["ensemble"]``, ``[K, C, H, W]``); a transform with
-   an ``update(members)`` method is updated every cycle;
-4. ``x_a = x_b + U z*`` by the method registry (``none``, ``3dvar``, ``4dvar``; 4DVar steps the
-   1-hour ``flow_model`` through the window, the 6-hour ``model`` cycles);
+   the method's background window;
+3. a B that declares it needs the ensemble is updated with the members through the method;
+4. ``x_a = x_b + U z*`` by the method (:func:`aivarda.assimilation.analysis.analyse_window`);
 5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
    minimiser's diagnostics and the wall time of each stage;
 6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store, and every
@@ -33,14 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aivarda.assimilation.single_analysis import (
-    analyse_window,
-    minimizer_summary,
-    observation_space,
-    state_scores,
-    steps_between,
-)
-from aivarda.background.registry import TransformContext, build_transform
+from aivarda.assimilation.analysis import analyse_window
+from aivarda.components import build_components, leakage_guard, load_model
 from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.cycling.ensemble import LaggedEnsemble, initial_truth_times
@@ -51,16 +44,18 @@ from aivarda.cycling.outputs import (
     write_states,
 )
 from aivarda.cycling.state import RunDirectory
-from aivarda.errors import ConfigError, DataError
-from aivarda.files import atomic_write
+from aivarda.errors import DataError
+from aivarda.evaluation.diagnostics import minimizer_summary, observation_space, state_scores
+from aivarda.evaluation.metrics import baseline_scores
+from aivarda.evaluation.provenance import code_provenance
+from aivarda.files import atomic_write, atomic_write_json
+from aivarda.provenance import TimeSpan
+from aivarda.models.base import iterate_trajectory
+from aivarda.timeaxis import hours, steps_between, to_timedelta64
 
 Hook = Callable[[int, str], None]
 """``hook(cycle, stage)`` is called after each stage (``background``, ``observations``, ``analysis``,
 ``forecast``, ``outputs``); tests use it to interrupt a run at a chosen point."""
-
-
-def _hours(td: np.timedelta64) -> float:
-    return float(td / np.timedelta64(1, "h"))
 
 
 def cycle_seed(seed: int, cycle: int) -> int:
@@ -81,69 +76,48 @@ class CyclingRunner:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         from aivarda.data.sources import open_source
-        from aivarda.data.stats import load_or_compute_norm_stats
-        from aivarda.models.checkpoint import load_forecast_model
-        from aivarda.observations.simulator import ObservationSimulator
 
         cfg = self.cfg
         model_cfg = cfg.forecast_model_config()  # a missing default model is an error before any data is made
-        flow_cfg = cfg.forecast_model_config(flow=True) if cfg.assimilation.da_win > 1 else None
-        self.source = source = open_source(cfg.data, span=cfg.span)
-        self.grid, self.layout = source.grid, source.layout
+        self.parts = parts = build_components(cfg, error_hours=hours(cfg.cycle_time), progress=self.progress)
+        self.source, self.geometry, self.method = parts.source, parts.geometry, parts.method
+        self.grid, self.layout = self.geometry.grid, self.geometry.layout
+        self.truth_times = self.source.times if cfg.span is None else open_source(cfg.data, span=cfg.span).times
         self.times = cfg.cycle_times()
-        self.cycle_step = np.timedelta64(int(cfg.cycle_time.total_seconds()), "s")
-        self.offsets = cfg.window_offsets()
+        self.cycle_step = to_timedelta64(cfg.cycle_time)
         self.device = torch.device(cfg.torch_device())
-        self.model = load_forecast_model(model_cfg, device=str(self.device))
-        self._check_model(self.model, "model")
+        self.model = load_model(model_cfg, self.geometry, "model", str(self.device))
         self.steps_per_cycle = steps_between(cfg.cycle_time, self.model.dt, "cycle_time")
-        self.a_cfg = cfg.assimilation
-        self.flow_model = None
-        if flow_cfg is not None:
-            self.flow_model = load_forecast_model(flow_cfg, device=str(self.device))
-            self._check_model(self.flow_model, "flow_model")
-            steps = steps_between(cfg.flow_cycle_time, self.flow_model.dt, "flow_cycle_time")
-            self.a_cfg = self.a_cfg.model_copy(update={"steps_per_time": steps})
-        self.stats = load_or_compute_norm_stats(
-            source, diff_hours=cfg.cycle_time.total_seconds() / 3600.0, progress=self.progress
-        )
-        self.b_std = self.stats.diff_std.to(self.device, torch.float32)
-        self.simulator = ObservationSimulator(cfg.observations, self.grid, self.layout, self.stats.std, seed=cfg.seed)
-        self.state_shape = (self.layout.n_channels, *self.grid.shape)
-        self.transform = None if cfg.ensemble_b else self._build_transform(None)
+        self.window = self.method.window(self.times[0], parts.window_model)
+        self.needs_members = parts.b_needs_ensemble or self.method.needs.ensemble
+        self.stats = parts.stats
         self.forecast_cycles = int(cfg.forecast.lead / cfg.cycle_time) if cfg.forecast.every else 0
         self._check_truth()
+        self.provenance = leakage_guard(cfg, parts, self._scored_span(), [model_cfg])
+        from aivarda.data.stats import climatology
 
-    def _check_model(self, model: Any, key: str) -> None:
-        layout = getattr(model, "layout", None)
-        if layout is not None and tuple(layout.names) != tuple(self.layout.names):
-            raise ConfigError(
-                f"{key}: the model's {layout.n_channels} channels differ from the data's {self.layout.n_channels} "
-                f"(set data.variables to the model's channels)"
-            )
-        grid = getattr(model, "grid", None)
-        if grid is not None and tuple(grid.shape) != tuple(self.grid.shape):
-            raise ConfigError(f"{key}: the model's grid {grid.shape} differs from the data's {self.grid.shape}")
+        self.climatology = climatology(parts.statistics_source, progress=self.progress).to(self.device)
+
+    def _scored_span(self) -> TimeSpan:
+        """Every valid time the run scores: analyses, the window times, forecasts (to the store's end)."""
+        last = self.times[-1] + self.window.offsets[-1]
+        if self.forecast_cycles:
+            last = max(last, min(self.times[-1] + self.forecast_cycles * self.cycle_step, self.source.times[-1]))
+        return TimeSpan(self.times[0], last)
 
     def _initial_truth_times(self) -> np.ndarray:
         return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.cfg.dynamic_member)
 
     def _check_truth(self) -> None:
-        needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.offsets[None, :]).ravel()])
-        missing = needed[~np.isin(needed, self.source.times)]
+        needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.window.offsets[None, :]).ravel(),
+                                 (self.times - self.cycle_step).astype("datetime64[ns]")])  # persistence baseline
+        missing = needed[~np.isin(needed, self.truth_times)]
         if missing.size:
             raise DataError(
                 f"{getattr(self.source, 'path', 'data')}: {missing.size} truth times the run needs are missing, "
                 f"first {np.datetime_as_string(missing.min(), 'm')} (the initial members need gap + dynamic_member − 1 = {self.cfg.gap + self.cfg.dynamic_member - 1} "
-                f"cycles before start_time; windows need da_win times every flow_cycle_time)"
+                f"cycles before start_time; the method's windows need their {self.window.n_times} times)"
             )
-
-    def _build_transform(self, members: Tensor | None) -> Any:
-        statistics: dict[str, Tensor] = {"std": self.b_std}
-        if members is not None:
-            statistics["ensemble"] = members
-        context = TransformContext(self.state_shape, torch.float32, statistics)
-        return build_transform(self.a_cfg.background_error, context)
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -156,8 +130,12 @@ class CyclingRunner:
         run_dir.check(resume)
         self._setup()  # validates models and data before anything is written
         state, records = run_dir.open(dump, n_cycles, resume)
+        metadata = self.out / "metadata.json"
+        if not metadata.is_file():  # the code, host, store and leakage record of the run's first start
+            atomic_write_json(metadata, {**code_provenance(), "store_fingerprint": self.provenance["store_fingerprint"],
+                                         "store_content": self.provenance["store_content"], "leakage": self.provenance})
         self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles)
-        attrs = {"source": "aivarda cycling", "experiment": cfg.name, "method": self.a_cfg.method,
+        attrs = {"source": "aivarda cycling", "experiment": cfg.name, "method": self.method.name,
                  "aivarda_grid": self.grid.to_dict()}
         self.analyses = StateSeries(self.out / "analyses.zarr", self.grid, self.layout, self.times, attrs) \
             if cfg.outputs.analyses_zarr else None
@@ -202,31 +180,34 @@ class CyclingRunner:
 
         tic = wallclock.perf_counter()
         x_b = self.ensemble.background(n).to(self.device)
-        members = self.ensemble.ensemble(n).to(self.device) if cfg.ensemble_b else None
-        truth_window = self.source.states(t + self.offsets).to(self.device)
+        members = self.ensemble.ensemble(n).to(self.device) if self.needs_members else None
+        window = self.window.at(t)
+        truth_window = self.source.states(window.times).to(self.device)
+        previous_truth = self.source.state((t - self.cycle_step).astype("datetime64[ns]")).to(self.device)
         wall["io"] += wallclock.perf_counter() - tic
         self.hook(n, "background")
 
         tic = wallclock.perf_counter()
-        offsets_h = [_hours(o) for o in self.offsets]
-        obs = self.simulator.simulate(truth_window, offsets_h, cycle=n)
+        obs = self.parts.simulator.simulate(truth_window, window.offset_hours, cycle=n)
         wall["observations"] += wallclock.perf_counter() - tic
         self.hook(n, "observations")
 
         tic = wallclock.perf_counter()
-        transform = self.transform if members is None else self._build_transform(members)
-        update = getattr(transform, "update", None)
-        if callable(update):
-            update(members if members is not None else self.ensemble.ensemble(n).to(self.device))
-        wa = analyse_window(self.a_cfg, x_b, obs, grid, layout, cfg.observations.qc, transform, self.b_std,
-                            model=self.flow_model)
+        parts = self.parts
+        if parts.b_needs_ensemble:
+            assert members is not None
+            self.method.update_background_error(parts.transform, members, window, parts.window_model)  # type: ignore[arg-type]
+        wa = analyse_window(self.method, x_b, obs, self.geometry, cfg.observations.qc, parts.transform,
+                            parts.background_std, window, parts.window_model, members=members)
         x_a = wa.result.x_a.detach()
         wall["minimisation"] += wallclock.perf_counter() - tic
         self.hook(n, "analysis")
 
         tic = wallclock.perf_counter()
-        scores = state_scores(grid, layout, truth_window[0], x_b, x_a, self.stats.std)
-        obs_space = observation_space(wa.observations, grid, layout,
+        scores = state_scores(self.geometry, truth_window[0], x_b, x_a, self.stats.std)
+        baselines = baseline_scores(self.grid, truth_window[0], previous_truth, self.climatology, layout.names,
+                                    self.stats.std)
+        obs_space = observation_space(wa.observations, self.geometry,
                                       {"O-B": wa.background_window, "O-A": wa.analysis_window})
         wall["observations"] += wallclock.perf_counter() - tic
 
@@ -250,14 +231,14 @@ class CyclingRunner:
         time_text = str(np.datetime64(t, "s"))
         write_states(self.out / "last_cycle.nc", grid, layout,
                      {"background": x_b, "analysis": x_a, "truth": truth_window[0]},
-                     {"cycle": n, "time": time_text, "method": self.a_cfg.method, "experiment": cfg.name,
+                     {"cycle": n, "time": time_text, "method": self.method.name, "experiment": cfg.name,
                       "aivarda_grid": json.dumps(grid.to_dict())})
         wall["io"] += wallclock.perf_counter() - tic
         self.hook(n, "outputs")
 
         wall["total"] = wallclock.perf_counter() - start
-        row = metrics_row(n, t, self.a_cfg.method, scores, wa.observations.counts(), obs_space,
-                          minimizer_summary(wa.result), wall)
+        row = metrics_row(n, t, self.method.name, scores, wa.observations.counts(), obs_space,
+                          minimizer_summary(wa.result), wall, baselines=baselines)
         return {"row": row, "forecast": forecast}
 
     def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float]) -> tuple[Tensor, dict[str, Any] | None]:
@@ -270,11 +251,11 @@ class CyclingRunner:
         members: list[Tensor] = []
         leads: list[float] = []
         scores: list[Tensor] = []
-        x = x_a
+        steps = iterate_trajectory(self.model, x_a, [self.steps_per_cycle] * max(K, n_scored))
         for k in range(1, max(K, n_scored) + 1):
             tic = wallclock.perf_counter()
             with torch.no_grad():
-                x = self.model.forecast(x, self.steps_per_cycle)
+                x = next(steps)
             wall["forecast"] += wallclock.perf_counter() - tic
             if k <= K:
                 members.append(x)
@@ -282,7 +263,7 @@ class CyclingRunner:
             if k <= n_scored and valid in self.source.times:
                 tic = wallclock.perf_counter()
                 scores.append(rmse(x, self.source.state(valid).to(self.device), self.grid))
-                leads.append(_hours(valid - t))
+                leads.append(hours(valid - t))
                 wall["io"] += wallclock.perf_counter() - tic
         forecast = None
         if n_scored:
@@ -302,6 +283,8 @@ def main(args: argparse.Namespace) -> int:
     from aivarda.evaluation.report import format_table, load_run, run_summary
 
     cfg = load_config(args.config, CyclingConfig)
+    if getattr(args, "allow_in_sample", False):
+        cfg.allow_in_sample = True
     out = Path(args.out) if args.out is not None else Path(cfg.output_dir)
     run_experiment(cfg, out, resume=args.resume, progress=not args.json)
     run = load_run(out)

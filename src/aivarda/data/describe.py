@@ -1,6 +1,7 @@
 """``aivarda data describe STORE``: what a WeatherBench2-layout store holds.
 
-Channels (names, units), grid (kind, shape), time axis (range, count, intervals, spans) and
+Channels (names, units), grid (kind, shape), time axis (range, count, intervals, spans), the store's
+fingerprints (:mod:`aivarda.data.fingerprint`: the trajectory with its origin, and the content) and
 per-channel statistics (area-weighted mean/std, min/max and the std of 6-hour differences)
 estimated on a few evenly spread times so that big stores stay quick to describe.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from aivarda.data.fingerprint import store_identity
 from aivarda.data.sources import Wb2ZarrSource, format_time, store_layout
 from aivarda.data.stats import summarise
 
@@ -52,6 +54,7 @@ def describe_store(path: Any, max_samples: int = DESCRIBE_SAMPLES, progress: boo
     intervals = sorted({float(h) for h in np.diff(times) / np.timedelta64(1, "h")}) if times.size > 1 else []
     summary = summarise(source, diff_hours=6, max_samples=max_samples, progress=progress, require_pairs=False)
     st = summary.stats
+    identity = store_identity(source)
     channels = []
     for k, ch in enumerate(source.layout.channels):
         channels.append(
@@ -79,6 +82,11 @@ def describe_store(path: Any, max_samples: int = DESCRIBE_SAMPLES, progress: boo
             "intervals_hours": intervals,
         },
         "spans": source.spans,
+        "fingerprint": {
+            "trajectory": identity.fingerprint,
+            "origin": None if identity.origin is None else format_time(identity.origin),
+            "content": identity.content,
+        },
         "statistics_samples": st.n_samples,
         "channels": channels,
     }
@@ -103,6 +111,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"time      {time['start']} … {time['end']}, {time['n_times']} times, every {every} h")
     for name, span in info["spans"].items():
         print(f"  span {name}: {span['start']} … {span['end']} every {span['interval_hours']} h")
+    fp = info["fingerprint"]
+    origin = f" (origin {fp['origin']})" if fp["origin"] else ""
+    print(f"identity  trajectory {fp['trajectory']}{origin}, content {fp['content']}")
     print(f"statistics over {info['statistics_samples']} sample times (area-weighted):")
     print(format_table(info["channels"], ["channel", "units", "mean", "std", "min", "max", "diff6h_std"]))
     return 0

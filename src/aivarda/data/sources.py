@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
+from aivarda.timeaxis import format_time  # noqa: F401 (re-exported for data users)
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
+from aivarda.provenance import parse_time
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -61,13 +63,7 @@ class FieldSource(Protocol):
 # --------------------------------------------------------------------------------------- helpers
 def as_time(value: TimeLike) -> np.datetime64:
     """Convert a time-like value to ``np.datetime64[ns]``; a bad string raises DataError."""
-    try:
-        out = np.datetime64(value, "ns") if not isinstance(value, str) else np.datetime64(value.strip(), "ns")
-    except (ValueError, TypeError):
-        raise DataError(f"time: cannot read {value!r} as a time (expected ISO format like 2020-01-01T06:00)") from None
-    if np.isnat(out):
-        raise DataError(f"time: {value!r} is not a valid time")
-    return out
+    return parse_time(value, "time")
 
 
 def as_times(values: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
@@ -75,11 +71,6 @@ def as_times(values: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
     if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.datetime64):
         return values.astype("datetime64[ns]")
     return np.array([as_time(v) for v in values], dtype="datetime64[ns]")
-
-
-def format_time(t: np.datetime64) -> str:
-    """ISO string to the minute, e.g. ``2020-01-01T06:00``."""
-    return str(np.datetime_as_string(np.datetime64(t, "m")))
 
 
 def layout_from_channels(names: Sequence[str]) -> ChannelLayout:
@@ -108,6 +99,15 @@ def layout_from_channels(names: Sequence[str]) -> ChannelLayout:
             f"channels {list(names)}: upper-air variables must share the same levels; missing {missing}"
         )
     return layout
+
+
+def holdout_cut(n_times: int, fraction: float, where: str) -> int:
+    """Index of the first held-out time when the last ``fraction`` of ``n_times`` times is held
+    out (``times[:cut]`` train, ``times[cut:]`` validation); too few times is a DataError."""
+    cut = int(n_times * (1 - fraction))
+    if cut < 2 or cut >= n_times:
+        raise DataError(f"{where} has too few times ({n_times}) to hold out {fraction:g}")
+    return cut
 
 
 def store_signature(path: str | Path) -> str:

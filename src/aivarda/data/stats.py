@@ -9,6 +9,8 @@ Per channel ``c``, over sample times ``t_k`` (k = 1…N) and grid points (i, j) 
 
 The state statistics normalise inputs; the difference statistics normalise the residual a
 ``Δ``-hour forecast model predicts (6 h for the cycling model, 1 h for the 4DVar window model).
+``span`` records the first and last time the statistics read (``t_1`` … ``t_N + Δ``; ``None`` in
+files written before it was recorded).
 Results are cached under ``$AIVARDA_HOME/stats/`` keyed by the store path, the time selection,
 the channels, Δ and a SHA-256 of the chunk files the sample states are read from (content, not
 modification times): computed once, then read. Non-finite statistics are never cached nor used.
@@ -47,6 +49,7 @@ class NormStats:
     diff_std: torch.Tensor
     diff_hours: float
     n_samples: int
+    span: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class NormStats:
             "diff_std": self.diff_std.tolist(),
             "diff_hours": self.diff_hours,
             "n_samples": self.n_samples,
+            "span": None if self.span is None else list(self.span),
         }
 
     @classmethod
@@ -72,6 +76,7 @@ class NormStats:
             diff_std=vec("diff_std"),
             diff_hours=float(d["diff_hours"]),
             n_samples=int(d["n_samples"]),
+            span=None if d.get("span") is None else (str(d["span"][0]), str(d["span"][1])),
         )
 
     def save(self, path: str | Path) -> None:
@@ -101,7 +106,7 @@ class NormStats:
         idx = torch.tensor([self.channels.index(n) for n in names])
         return NormStats(
             tuple(names), self.mean[idx], self.std[idx], self.diff_mean[idx], self.diff_std[idx],
-            self.diff_hours, self.n_samples,
+            self.diff_hours, self.n_samples, self.span,
         )
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,8 +241,10 @@ def summarise(
         diff_mean, diff_std = diffs.mean_std()
     else:
         diff_mean = diff_std = torch.full_like(mean, float("nan"))
+    last = starts[-1] + delta if has_pairs else starts[-1]
+    span = (str(np.datetime64(starts[0], "s")), str(np.datetime64(last, "s")))
     stats = NormStats(
-        tuple(source.layout.names), mean, std, diff_mean, diff_std, float(diff_hours), int(starts.size)
+        tuple(source.layout.names), mean, std, diff_mean, diff_std, float(diff_hours), int(starts.size), span
     )
     return SourceSummary(stats, states.minimum.double(), states.maximum.double())
 

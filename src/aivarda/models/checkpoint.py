@@ -47,10 +47,12 @@ def build_forecast_model(
     residual: bool = True,
     checkpoint: bool = False,
     linear_prior: LinearPriorConfig | dict[str, Any] | None = None,
+    allow_module: bool = False,
 ) -> NeuralForecastModel:
     """A fresh (untrained) model of a registered architecture, with an unfitted linear prior
-    (:class:`~aivarda.models.linear_prior.SpectralLIM`) when ``linear_prior`` is given."""
-    arch = architecture_config(architecture)
+    (:class:`~aivarda.models.linear_prior.SpectralLIM`) when ``linear_prior`` is given.
+    ``allow_module`` admits ``name: module`` and is for a user's own (training) config only."""
+    arch = architecture_config(architecture, allow_module=allow_module)
     prior = None
     if linear_prior is not None:
         prior = SpectralLIM(linear_prior, grid, layout.n_channels)
@@ -122,7 +124,7 @@ def _module_model(cfg: ModelConfig) -> NeuralForecastModel:
     grid = None if cfg.grid is None else Grid.from_dict(cfg.grid)
     layout = None if cfg.layout is None else ChannelLayout.from_dict(cfg.layout)
     arch = {"name": "module", "target": cfg.module, "kwargs": cfg.kwargs}
-    net = architecture_config(arch, "model").build(grid, layout)  # type: ignore[arg-type]
+    net = architecture_config(arch, "model", allow_module=True).build(grid, layout)  # type: ignore[arg-type]
     if cfg.stats is not None:
         if not cfg.stats.is_file():
             raise ConfigError(f"{cfg.stats}: statistics file not found (model.stats)")

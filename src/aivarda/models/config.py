@@ -155,5 +155,5 @@ def load_train_config(path: str | Path) -> TrainConfig:
     from aivarda.models.registry import architecture_config
 
     cfg = load_config(path, TrainConfig)
-    architecture_config(cfg.model.architecture, f"{path}: model.architecture")
+    architecture_config(cfg.model.architecture, f"{path}: model.architecture", allow_module=True)
     return cfg

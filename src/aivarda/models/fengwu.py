@@ -35,6 +35,7 @@ from aivarda.channels import ChannelLayout
 from aivarda.config import StrictModel
 from aivarda.errors import ConfigError
 from aivarda.grid import Grid
+from aivarda.models.registry import ARCHITECTURES
 
 
 class FengWuConfig(StrictModel):
@@ -255,3 +256,6 @@ class FengWuNet(nn.Module):
             tokens = block(tokens)
         out = [dec(tokens[:, g]) for g, dec in enumerate(self.decoders)]
         return torch.cat(out, dim=1)[:, :, :H, :]
+
+
+ARCHITECTURES.register("fengwu", FengWuConfig)(FengWuConfig.build)

@@ -63,7 +63,7 @@ class SpectralLIM(nn.Module):
     def __init__(self, cfg: LinearPriorConfig | dict[str, Any], grid: Grid, n_channels: int) -> None:
         super().__init__()
         self.cfg = cfg if isinstance(cfg, LinearPriorConfig) else LinearPriorConfig(**cfg)
-        from aivarda.background.genbe.sphere import default_truncation
+        from aivarda.sphere import default_truncation
 
         self.L = min(self.cfg.lmax, default_truncation(grid))
         self.grid, self.C = grid, int(n_channels)

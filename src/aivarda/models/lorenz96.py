@@ -89,6 +89,7 @@ class Lorenz96:
         self.n = n
         self.forcing = float(forcing)
         self.dt = float(dt)
+        self.geometry = None  # a state of N points on a circle, not on the sphere
 
     def step(self, x: Tensor) -> Tensor:
         """One RK4 step of length ``dt``."""

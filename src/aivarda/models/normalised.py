@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from aivarda.channels import ChannelLayout
 from aivarda.data.stats import NormStats
 from aivarda.errors import DataError
+from aivarda.geometry import Geometry
 from aivarda.grid import Grid
 
 
@@ -97,6 +98,7 @@ class NeuralForecastModel(nn.Module):
         self.stats = s
         self.architecture: dict[str, Any] | None = None  # set by checkpoint.build_forecast_model
         self.metadata: dict[str, Any] = {}
+        self.geometry = Geometry(grid, layout) if grid is not None and layout is not None else None
         shape = (-1, 1, 1)
         self.register_buffer("mean", s.mean.to(torch.float32).reshape(shape))
         self.register_buffer("std", s.std.to(torch.float32).reshape(shape))

@@ -21,6 +21,7 @@ from aivarda.channels import ChannelLayout
 from aivarda.config import StrictModel
 from aivarda.errors import ConfigError
 from aivarda.grid import Grid
+from aivarda.models.registry import ARCHITECTURES
 
 _SFNO_CLASSES = (
     "torch_harmonics.examples.models:SphericalFourierNeuralOperator",  # 0.9.x
@@ -73,3 +74,6 @@ class SFNOConfig(StrictModel):
         if unknown:
             raise ConfigError(f"architecture.extra: {cls.__name__} has no argument(s) {unknown}")
         return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+ARCHITECTURES.register("sfno", SFNOConfig)(SFNOConfig.build)

@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from aivarda.config import DataConfig
+from aivarda.data.fingerprint import trained_on_record
 from aivarda.data.sources import (
     FieldSource,
     Wb2ZarrSource,
+    holdout_cut,
     layout_from_channels,
     store_layout,
 )
@@ -60,6 +62,7 @@ from aivarda.models.checkpoint import (
 )
 from aivarda.models.config import TrainConfig, TrainDataConfig, load_train_config
 from aivarda.models.normalised import NeuralForecastModel
+from aivarda.provenance import TimeSpan, TrainedOn, records_to_json
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -121,9 +124,7 @@ def open_training_sources(data: TrainDataConfig) -> tuple[Wb2ZarrSource, Wb2Zarr
         return train, Wb2ZarrSource(path, layout, span=data.val_span)
     if data.val_fraction == 0:
         return train, None
-    cut = int(train.times.size * (1 - data.val_fraction))
-    if cut < 2 or cut >= train.times.size:
-        raise DataError(f"{path}: span {data.train_span!r} has too few times ({train.times.size}) to hold out {data.val_fraction:g}")
+    cut = holdout_cut(train.times.size, data.val_fraction, f"{path}: span {data.train_span!r}")
     val = Wb2ZarrSource(path, layout, span=data.train_span, time_range=(train.times[cut], train.times[-1]))
     train = Wb2ZarrSource(path, layout, span=data.train_span, time_range=(train.times[0], train.times[cut - 1]))
     return train, val
@@ -139,6 +140,23 @@ def training_statistics(source: Wb2ZarrSource, cfg: TrainConfig, progress: bool 
     return load_or_compute_norm_stats(
         source, diff_hours=cfg.model.dt, max_samples=cfg.data.stats_samples, progress=progress
     )
+
+
+def training_record(
+    cfg: TrainConfig, source: Wb2ZarrSource, val_source: Wb2ZarrSource | None, start: dict[str, Any] | None
+) -> list[TrainedOn]:
+    """What the model learns from: its training span and the validation span that selects
+    ``best.pt`` (first record), then what the ``init_from`` weights learned from."""
+    from aivarda.artefacts import trained_on_of_checkpoint
+
+    spans = [TimeSpan.of(source.times, "train")]
+    if val_source is not None:
+        spans.append(TimeSpan.of(val_source.times, "validation"))
+    records = [trained_on_record(f"forecast model {cfg.name}", source, spans)]
+    if start is not None:
+        inherited = trained_on_of_checkpoint(start, name=Path(cfg.init_from).name)  # type: ignore[arg-type]
+        records += [replace(r, note=f"initial weights (init_from); {r.note}".rstrip("; ")) for r in inherited]
+    return records
 
 
 # ---------------------------------------------------------------------------------------- loss / schedule
@@ -272,9 +290,10 @@ class Trainer:
             # fine-tuning keeps the normalisation the given weights were trained with
             stats = start["norm_stats"] if start is not None else training_statistics(source, cfg, self.progress)
         self.source = source
+        self.trained_on = training_record(cfg, source, val_source, start)
         self.model = build_forecast_model(
             cfg.model.architecture, stats, source.grid, source.layout, dt,
-            residual=cfg.model.residual, checkpoint=cfg.grad_checkpointing, linear_prior=cfg.model.linear_prior,
+            residual=cfg.model.residual, checkpoint=cfg.grad_checkpointing, linear_prior=cfg.model.linear_prior, allow_module=True,
         )
         self.prior_fit: dict[str, float] | None = None
         if start is not None:
@@ -342,6 +361,7 @@ class Trainer:
             "world_size": self.info.world_size,
             "torch": torch.__version__,
             "linear_prior_fit": self.prior_fit,
+            "trained_on": records_to_json(self.trained_on),
         }
 
     def save(self, name: str, epoch: int, train_loss: float, val_loss: float, training_state: bool) -> None:

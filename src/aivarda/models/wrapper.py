@@ -1,7 +1,9 @@
 """Any ``torch.nn.Module`` as a forecast network, by import path.
 
-``architecture: {name: module, target: "pkg.mod:Class", kwargs: {...}}`` builds
-``pkg.mod.Class(**kwargs)``. The module must map ``[B, C, H, W] → [B, C, H, W]`` on normalised
+``model: {module: "pkg.mod:Class", kwargs: {...}}`` (or ``architecture: {name: module, ...}`` in a
+training config) builds ``pkg.mod.Class(**kwargs)``. ``Class`` must be a ``torch.nn.Module``
+subclass, checked before it is called; only a user's own config may name one, never a checkpoint
+(:func:`aivarda.models.registry.architecture_config`). The module must map ``[B, C, H, W] → [B, C, H, W]`` on normalised
 fields (it becomes the ``f`` of :mod:`aivarda.models.normalised`; with identity statistics it sees
 physical units). Its weights come from a checkpoint like every other architecture's.
 """
@@ -55,6 +57,11 @@ class ModuleConfig(StrictModel):
 
     def build(self, grid: Grid, layout: ChannelLayout) -> nn.Module:
         cls = import_object(self.target)
+        # Check what the name points at before calling anything: only a torch.nn.Module subclass.
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ConfigError(
+                f"architecture.target: {self.target} is not a torch.nn.Module subclass ({type(cls).__name__})"
+            )
         try:
             net = cls(**self.kwargs)
         except TypeError as exc:

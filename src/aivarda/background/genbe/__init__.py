@@ -7,7 +7,7 @@ from aivarda.background.genbe.fit import (
     control_variables,
     fit_genbe,
 )
-from aivarda.background.genbe.sphere import EARTH_RADIUS, Regrid, SphereOps
+from aivarda.sphere import EARTH_RADIUS, Regrid, SphereOps
 from aivarda.background.genbe.transform import GenBeConfig, GenBeTransform
 
 __all__ = [

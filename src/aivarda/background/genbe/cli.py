@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
@@ -24,11 +27,12 @@ from aivarda.background.genbe.nmc import (
     lagged_differences,
     valid_times,
 )
-from aivarda.background.genbe.sphere import Regrid
+from aivarda.sphere import Regrid
 from aivarda.config import load_config
 from aivarda.errors import ConfigError, DataError
 from aivarda.files import check_writable_file
 from aivarda.paths import cache_dir
+from aivarda.provenance import TimeSpan, TrainedOn, records_from_json, records_to_json
 
 
 def _hours(td: Any) -> float:
@@ -57,6 +61,7 @@ def make_samples(cfg: LearnBConfig, progress: bool = True) -> NmcSamples:
                 "set data.variables to the model's channels"
             )
         offsets = [_hours(nmc.long_lead), _hours(nmc.short_lead)]
+        reach = offsets[0]
         times = evenly(valid_times(source.times, full.times, offsets), nmc.max_samples)
         _require(times, where, f"initial states {offsets[0]:g} h and {offsets[1]:g} h earlier", nmc.span)
         samples = forecast_differences(
@@ -64,13 +69,24 @@ def make_samples(cfg: LearnBConfig, progress: bool = True) -> NmcSamples:
         )
         meta: dict[str, Any] = {"long_lead_hours": offsets[0], "short_lead_hours": offsets[1], "model_dt": float(model.dt)}
     else:
-        lag = _hours(nmc.lag)
+        lag = reach = _hours(nmc.lag)
         times = evenly(valid_times(source.times, full.times, [lag]), nmc.max_samples)
         _require(times, where, f"a truth state {lag:g} h earlier", nmc.span)
         samples = lagged_differences(full, times, lag, nmc.batch_size, regrid, progress)
         meta = {"lag_hours": lag, "note": "lagged-truth stand-in for NMC samples (no forecast model)"}
     meta.update({"source": where, "span": nmc.span, "config": json.loads(cfg.model_dump_json())})
+    meta["trained_on"] = records_to_json([samples_record(source, times, reach, nmc.span)])
     return NmcSamples(samples, times, store_grid, source.grid, source.layout, nmc.kind, meta)
+
+
+def samples_record(source: Any, valid_times: Any, reach_hours: float, span: str | None) -> TrainedOn:
+    """The truth times NMC samples read: from the earliest initial state (``reach_hours`` before
+    the first valid time) to the last valid time."""
+    from aivarda.data.fingerprint import trained_on_record
+
+    reach = np.timedelta64(int(round(reach_hours * 3600)), "s")
+    truth = TimeSpan(valid_times.min() - reach, valid_times.max(), span or "")
+    return trained_on_record("NMC samples", source, [truth], verb="drawn from")
 
 
 def _require(times: Any, where: str, what: str, span: str | None) -> None:
@@ -141,10 +157,20 @@ def fit_from_config(cfg: LearnBConfig, samples: NmcSamples, progress: bool = Fal
         samples.grid,
         control,
         settings,
-        metadata={"samples_kind": samples.kind, "samples": samples.metadata, "name": cfg.name},
+        metadata={
+            "samples_kind": samples.kind, "samples": samples.metadata, "name": cfg.name,
+            "trained_on": records_to_json(fitted_on(samples.metadata)),
+        },
         state_grid=samples.state_grid,
         progress=progress,
     )
+
+
+def fitted_on(samples_metadata: dict[str, Any]) -> list[TrainedOn]:
+    """The GEN_BE statistics' records: those of their samples (none for samples written before
+    records existed: the statistics then have unknown provenance)."""
+    records = records_from_json(samples_metadata.get("trained_on", []), "NMC samples: metadata.trained_on")
+    return [replace(r, what="GEN_BE statistics", verb="fitted on") for r in records]
 
 
 def summary(stats: GenBeStatistics) -> list[dict[str, Any]]:

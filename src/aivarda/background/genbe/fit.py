@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from aivarda.background.genbe.sphere import EARTH_RADIUS, Regrid, SphereOps
+from aivarda.sphere import EARTH_RADIUS, Regrid, SphereOps
 from aivarda.channels import ChannelLayout
 from aivarda.errors import DataError
 from aivarda.files import load_torch_file, save_torch_file

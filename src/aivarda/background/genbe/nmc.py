@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from aivarda.background.genbe.sphere import Regrid
+from aivarda.sphere import Regrid
 from aivarda.channels import ChannelLayout
 from aivarda.data.sources import FieldSource, format_time
 from aivarda.errors import DataError

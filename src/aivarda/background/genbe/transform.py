@@ -3,7 +3,7 @@
 ``δx = U z = I ∘ W ∘ K ∘ V ∘ S (z)`` with
 
 - ``z [N_cv, K]``: one real spectral control vector (``K = L²`` degrees of freedom, see
-  :mod:`~aivarda.background.genbe.sphere`) per vertical mode of every control variable
+  :mod:`~aivarda.sphere`) per vertical mode of every control variable
   (``N_cv = Σ_v P_v``; ψ, χ, z, q, t on ``P`` levels, each surface field one mode);
 - ``S``: horizontal correlation, ``h_k = Y(a_l(s_k) ⊙ z_k)``, an isotropic Gaussian spectrum of
   calibrated scale ``s_k`` normalised so that ``var h_k = 1`` at every point;
@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import Tensor
 
 from aivarda.background.genbe.fit import GenBeStatistics
-from aivarda.background.genbe.sphere import Regrid, SphereOps
+from aivarda.sphere import Regrid, SphereOps
 from aivarda.background.registry import (
     TransformConfig,
     TransformContext,

@@ -1,0 +1,151 @@
+"""A method and a B model defined in this file alone (no library file changed), registered and run
+from YAML through both drivers, ``aivarda assimilate`` and ``aivarda run``; and discovery of a
+component that another package declares through an entry point."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from pydantic import Field
+
+from aivarda.assimilation import METHODS, AnalysisProblem, AnalysisResult
+from aivarda.assimilation.methods import FGATConfig, ThreeDVarFGAT
+from aivarda.background.registry import BACKGROUNDS, TransformConfig, TransformContext
+from aivarda.background.transforms import DiagonalTransform
+from aivarda.channels import ChannelLayout
+from aivarda.cli import main
+from aivarda.errors import ConfigError
+from aivarda.registry import Registry
+
+LAYOUT = ChannelLayout.fengwu69().to_dict()
+
+
+class DampedConfig(FGATConfig):
+    """A toy method: FGAT, its increment multiplied by ``damping``."""
+
+    method: Literal["toy-damped"] = "toy-damped"  # type: ignore[assignment]
+    damping: float = Field(ge=0, le=1)
+
+
+class Damped(ThreeDVarFGAT):
+    config: DampedConfig
+
+    def analyse(self, problem: AnalysisProblem) -> AnalysisResult:
+        r = super().analyse(problem)
+        increment = self.config.damping * r.increment
+        return AnalysisResult(problem.background + increment, r.z, increment, r.diagnostics, r.converged, r.fallback)
+
+
+class ScaledConfig(TransformConfig):
+    """A toy B: the data's background-error std times ``factor``."""
+
+    type: Literal["toy-scaled"] = "toy-scaled"
+    factor: float = Field(gt=0)
+
+
+@pytest.fixture
+def toys():
+    METHODS.register("toy-damped", DampedConfig)(Damped)
+
+    @BACKGROUNDS.register("toy-scaled", ScaledConfig)
+    def _build(cfg: ScaledConfig, context: TransformContext) -> DiagonalTransform:
+        return DiagonalTransform(cfg.factor * context.require_error_std("toy-scaled"), context.state_shape)
+
+    yield
+    METHODS.unregister("toy-damped")
+    BACKGROUNDS.unregister("toy-scaled")
+
+
+def identity_model(dt: str) -> dict[str, Any]:
+    return {"module": "torch.nn:Identity", "dt": dt, "residual": False, "layout": LAYOUT}
+
+
+def assimilation(method: str, **extra: Any) -> dict[str, Any]:
+    return {"method": method, "da_win": 2, "window_interval": "1h", "outer_loops": 1, "inner_iterations": 8,
+            "background_error": {"type": "toy-scaled", "factor": 0.5}, **extra}
+
+
+def test_toy_method_and_b_through_aivarda_assimilate(toys, tiny_nature_run: Path, tmp_path: Path) -> None:
+    def run(name: str, section: dict[str, Any]) -> xr.Dataset:
+        cfg = {"name": name, "data": {"source": "zarr", "path": str(tiny_nature_run)}, "span": "eval",
+               "background": {"lag": "24h"}, "observations": {"mode": "random", "fraction": 0.05, "withhold": 0.15},
+               "assimilation": section, "window_model": identity_model("1h")}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["assimilate", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name), "--json"]) == 0
+        return xr.open_dataset(tmp_path / name / "states.nc", engine="h5netcdf").load()
+
+    fgat = run("fgat", assimilation("3dvar-fgat"))
+    damped = run("damped", assimilation("toy-damped", damping=0.25))
+    inc_fgat = (fgat.analysis - fgat.background).values
+    inc_damped = (damped.analysis - damped.background).values
+    assert np.abs(inc_fgat).max() > 0
+    # equal up to the float32 rounding of the stored states (x_a = x_b + δx)
+    ulp = np.spacing(np.abs(fgat.background.values).astype(np.float32))
+    assert np.all(np.abs(inc_damped - 0.25 * inc_fgat) <= 1e-4 * np.abs(inc_fgat) + 4 * ulp)
+
+
+def test_toy_method_and_b_through_aivarda_run(toys, tiny_nature_run: Path, tmp_path: Path) -> None:
+    import csv
+
+    def run(name: str, section: dict[str, Any]) -> list[dict[str, str]]:
+        cfg = {"name": name, "seed": 1, "data": {"source": "zarr", "path": str(tiny_nature_run)},
+               "start_time": "2000-01-04T00:00", "end_time": "2000-01-04T06:00", "dynamic_member": 1, "gap": 2,
+               "device": "cpu", "assimilation": section, "model": identity_model("6h"),
+               "window_model": identity_model("1h"), "forecast": {"every": 0}, "outputs": {"analyses_zarr": False},
+               "output_dir": str(tmp_path / name)}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["run", str(tmp_path / f"{name}.yaml"), "--json"]) == 0
+        with (tmp_path / name / "metrics.csv").open() as fh:
+            return list(csv.DictReader(fh))
+
+    undamped = run("undamped", assimilation("toy-damped", damping=1.0))
+    fgat = run("fgat", assimilation("3dvar-fgat"))
+    frozen = run("frozen", assimilation("toy-damped", damping=0.0))
+    assert [r["method"] for r in undamped] == ["toy-damped"] * 2
+    for a, b in zip(undamped, fgat, strict=True):  # damping 1 is FGAT, cycle after cycle
+        assert a["ana_nrmse"] == b["ana_nrmse"] and a["bg_nrmse"] == b["bg_nrmse"]
+    for r in frozen:  # damping 0 keeps the background
+        assert r["ana_nrmse"] == r["bg_nrmse"]
+    assert float(fgat[0]["ana_nrmse"]) < float(fgat[0]["bg_nrmse"])
+
+
+def test_unknown_method_lists_the_registered_ones(toys, tiny_nature_run: Path, tmp_path: Path, capsys) -> None:
+    cfg = {"data": {"source": "zarr", "path": str(tiny_nature_run)}, "assimilation": {"method": "toy-nope"}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["assimilate", str(tmp_path / "x.yaml"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.yaml: assimilation" in err[0] and "toy-damped" in err[0] and "toy-nope" in err[0]
+
+
+def test_entry_point_of_another_package_registers_its_component(tmp_path: Path, monkeypatch) -> None:
+    """A distribution on sys.path declaring ``[aivarda.background] demo = demo_b_plugin``: the
+    registry imports the module on first lookup, which registers ``demo-b``."""
+    (tmp_path / "demo_b_plugin.py").write_text(
+        "from typing import Literal\n"
+        "from aivarda.config import StrictModel\n"
+        "from aivarda.tests_registry import REG\n"
+        "class DemoConfig(StrictModel):\n"
+        "    type: Literal['demo-b'] = 'demo-b'\n"
+        "    width: int = 3\n"
+        "REG.register('demo-b', DemoConfig)(lambda cfg: cfg.width)\n"
+    )
+    dist = tmp_path / "demo_b_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-b-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[aivarda.test-plugins]\ndemo = demo_b_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry[Any] = Registry("test component", "aivarda.test-plugins")
+    fake = type(sys)("aivarda.tests_registry")
+    fake.REG = registry  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "aivarda.tests_registry", fake)
+    assert registry.names() == ["demo-b"]
+    cfg = registry.parse({"type": "demo-b", "width": 5})
+    assert registry.builder("demo-b")(cfg) == 5
+    with pytest.raises(ConfigError, match="width: Input should be a valid integer"):
+        registry.parse({"type": "demo-b", "width": "x"})
