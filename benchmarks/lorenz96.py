@@ -142,7 +142,7 @@ def method_config(config: dict, method: str, window: int) -> dict:
     """The ``assimilation`` section of one analysis (``background_error`` is built here, dense B^½)."""
     section = {k: v for k, v in config.items() if k != "background_error"}
     if method == "3dvar":
-        section.pop("checkpointing")
+        section.pop("checkpointing", None)
         return {**section, "method": method}
     return {**section, "method": method, "da_win": window}
 

@@ -319,7 +319,7 @@ def test_3denvar_without_localisation_is_the_kalman_analysis() -> None:
     hybrid = build_transform(
         {"type": "hybrid", "static": {"type": "diagonal", "std": 1.0}, "static_weight": 0.0, "ensemble_weight": 1.0,
          "ensemble": {"localisation": {"length_scale": None}}},
-        TransformContext((N,), F64, {"ensemble": members}),
+        TransformContext((N,), F64, ensemble=members),
     )
     for U in (EnsembleTransform(CircleLocalisation(N, None), members), hybrid):
         assert float((direct_minimiser(U, x_b, H, sigma, y) - expected).abs().max()) < 1e-12 * scale
@@ -403,7 +403,7 @@ def test_refit_genbe_on_the_ensemble(tmp_path) -> None:
     H = build_transform(
         {"type": "hybrid", "static": {"type": "genbe", "file": str(path)}, "refit_static": True,
          "ensemble": {"localisation": {"length_scale_km": 2000, "vertical_length_lnp": 0.5}}},
-        TransformContext((5, *grid.shape), F64, {"ensemble": members}),
+        TransformContext((5, *grid.shape), F64, ensemble=members),
     )
     assert isinstance(H.static, GenBeTransform) and H.static.stats.metadata["refit"] == "ensemble"
     assert H.ensemble.localisation.group.tolist() == [1, 0, 1, 0, 1]
@@ -417,7 +417,7 @@ def test_yaml_types_members_and_errors() -> None:
     section = {"type": "ensemble", "grid": {"kind": "gaussian", "nlat": 8, "nlon": 16},
                "channels": list(LAYOUT.names),
                "localisation": {"length_scale_km": 2500, "shape": "soar", "vertical_length_lnp": 0.5, "surface": "independent"}}
-    U = build_transform(section, TransformContext(S, F64, {"ensemble": members}))
+    U = build_transform(section, TransformContext(S, F64, ensemble=members))
     assert isinstance(U, EnsembleTransform) and U.latent_shape == (4, 3, 64)
     assert U.localisation.group.tolist() == [2, 0, 1, 0, 1]
     # without members: a clear error until update(members)
@@ -435,7 +435,7 @@ def test_yaml_types_members_and_errors() -> None:
     # hybrid with a registered static section and the default weights
     H = build_transform({"type": "hybrid", "static": {"type": "diagonal", "std": [1.0] * 5},
                          "ensemble": {k: v for k, v in section.items() if k != "type"}},
-                        TransformContext(S, F64, {"ensemble": members}))
+                        TransformContext(S, F64, ensemble=members))
     assert isinstance(H, HybridTransform) and (H.static_weight, H.ensemble_weight) == (0.4, 0.6)
     dot_product(H)
     # errors name the field
@@ -446,7 +446,7 @@ def test_yaml_types_members_and_errors() -> None:
                         TransformContext(S, F64))
     with pytest.raises(ConfigError, match="length_scale \\(grid points\\)"):
         build_transform({"type": "ensemble", "localisation": {"length_scale_km": 500}}, TransformContext((40,), F64))
-    with pytest.raises(ValueError, match="static B"):
+    with pytest.raises(ConfigError, match="static B"):
         build_transform({"type": "hybrid", "static": {"type": "ensemble"}}, TransformContext((40,), F64))
     with pytest.raises(ConfigError, match="background_error.channels: unknown channel name 'x500'"):
         build_transform({**section, "channels": ["t2m", "x500", "z850", "t500", "t850"]}, TransformContext(S, F64))
@@ -454,5 +454,5 @@ def test_yaml_types_members_and_errors() -> None:
         build_transform({**section, "channels": ["t2m", "z500", "t500", "z850", "t850"]}, TransformContext(S, F64))
     dumped = parse_transform_config({"type": "hybrid", "static": {"type": "diagonal", "std": 2.0}}).model_dump()
     assert dumped["static"] == {"type": "diagonal", "std": 2.0, "scale": 1.0}
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ConfigError, match="shape"):
         build_transform({"type": "ensemble", "localisation": {"shape": "cosine"}}, TransformContext((40,), F64))

@@ -27,7 +27,7 @@ from aivarda.assimilation.letkf import (
     sphere_local_obs,
     unbatched_domains,
 )
-from aivarda.background.genbe.sphere import EARTH_RADIUS
+from aivarda.sphere import EARTH_RADIUS
 from aivarda.errors import DataError, ObservationError
 from aivarda.grid import Grid
 from aivarda.observations.obsset import ObsSet

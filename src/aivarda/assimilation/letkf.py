@@ -54,7 +54,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from aivarda.background.genbe.sphere import EARTH_RADIUS
+from aivarda.sphere import EARTH_RADIUS
 from aivarda.config import StrictModel
 from aivarda.errors import DataError, ObservationError
 from aivarda.grid import Grid

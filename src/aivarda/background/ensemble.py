@@ -44,7 +44,7 @@ the members at the window start (deviations ``x_k − x̄``, normalised by ``K �
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ class EnsembleTransform:
     def _require(self) -> Tensor:
         if self.deviations is None:
             raise MissingEnsembleError(
-                "ensemble B has no members: give them as TransformContext.statistics['ensemble'] [K, *S] "
+                "ensemble B has no members: give them as TransformContext.ensemble [K, *S] "
                 "or call update(members) before the first decode"
             )
         return self.deviations
@@ -345,12 +345,13 @@ class LocalisationConfig(StrictModel):
 class EnsembleConfig(TransformConfig):
     """``background_error: {type: ensemble, localisation: {...}}``.
 
-    Members come from ``TransformContext.statistics["ensemble"]`` (``[K, *S]`` or ``[K, T, *S]``)
-    or later from ``update(members)``. ``grid`` and ``channels`` are needed for ``[C, H, W]`` states
+    Members come from ``TransformContext.ensemble`` (``[K, *S]`` or ``[K, T, *S]``) or, every
+    cycle, from ``update(members)`` (the config declares ``needs_ensemble``). ``grid`` and ``channels`` are needed for ``[C, H, W]`` states
     when the context does not carry them (``channels`` only for vertical localisation; a 69-channel
     state defaults to FengWu's layout, the data default)."""
 
     type: Literal["ensemble"] = "ensemble"
+    needs_ensemble: ClassVar[bool] = True
     localisation: LocalisationConfig = Field(default_factory=LocalisationConfig)
     members: int | None = Field(default=None, ge=2, description="K, checked against every ensemble")
     grid: GridSection | None = Field(default=None, description="the state grid, e.g. {kind: gaussian, nlat: 64, nlon: 128}")
@@ -362,6 +363,7 @@ class HybridConfig(TransformConfig):
     refit_static}``; ``static`` is any linear ``background_error`` section."""
 
     type: Literal["hybrid"] = "hybrid"
+    needs_ensemble: ClassVar[bool] = True
     static: SerializeAsAny[TransformConfig]
     static_weight: float = Field(default=0.4, ge=0, description="β_s")
     ensemble_weight: float = Field(default=0.6, ge=0, description="β_e")
@@ -421,7 +423,8 @@ def build_localisation(
         raise ConfigError(f"{section}: ensemble B supports [N] and [C, H, W] states, got {list(S)}")
     if loc.length_scale is not None:
         raise ConfigError(f"{where}.length_scale: a [C, H, W] state takes length_scale_km")
-    grid = getattr(context, "grid", None) or (cfg.grid.grid() if cfg.grid is not None else None) or grid
+    geometry = context.geometry
+    grid = (geometry.grid if geometry is not None else None) or (cfg.grid.grid() if cfg.grid is not None else None) or grid
     if grid is None:
         raise ConfigError(f"{section}.grid: needed for a [C, H, W] state, e.g. {{kind: gaussian, nlat: {S[1]}, nlon: {S[2]}}}")
     if tuple(grid.shape) != S[1:]:
@@ -429,7 +432,7 @@ def build_localisation(
     channels: ChannelLayout | int = S[0]
     if loc.vertical_length_lnp is not None:
         layout = (
-            getattr(context, "layout", None)
+            (geometry.layout if geometry is not None else None)
             or (_layout_from_names(cfg.channels, section) if cfg.channels else None)
             or layout
             or (ChannelLayout.fengwu69() if S[0] == 69 else None)
@@ -449,7 +452,7 @@ def _ensemble_from_config(
     cfg: EnsembleConfig, context: TransformContext, section: str, grid: Grid | None = None, layout: ChannelLayout | None = None
 ) -> EnsembleTransform:
     localisation = build_localisation(cfg, context, section, grid, layout)
-    members = context.statistics.get("ensemble")
+    members = context.ensemble
     return EnsembleTransform(localisation, members, members_expected=cfg.members, dtype=context.dtype)
 
 

@@ -27,10 +27,10 @@ distance at which its correlation with a point first falls to ``c(ℓ)`` of the 
   sphere in chordal distance). By the Funk–Hecke theorem ``L_h`` is diagonal in spherical harmonics:
   ``c(θ) = Σ_l (2l+1)/(4π) c_l P_l(cos θ)`` with ``c_l = 2π ∫₀^π c(d(θ)) P_l(cos θ) sin θ dθ``
   (computed by Gauss–Legendre quadrature in ``θ``). The series is truncated at the grid's degree
-  ``L`` (:func:`~aivarda.background.genbe.sphere.default_truncation`), negative round-off ``c_l``
+  ``L`` (:func:`~aivarda.sphere.default_truncation`), negative round-off ``c_l``
   are set to 0 and the ``c_l`` are rescaled so that ``Σ_{l<L} (2l+1)/(4π) c_l = 1`` (unit
   diagonal). ``L_h^½`` maps a real spectral control vector ``z`` (``L²`` degrees of freedom, the
-  packing of :class:`~aivarda.background.genbe.sphere.SphereOps`) to the field
+  packing of :class:`~aivarda.sphere.SphereOps`) to the field
   ``Σ_lm √c_l z_lm Y_lm``, whose covariance is exactly the truncated ``c(θ)``. Length scales that
   the truncation cannot resolve (``ℓ`` comparable to ``πa/L``) give a broader realised correlation.
   ``length_scale_km = None`` (or ``inf``): no horizontal localisation (``L_h = 1 1ᵀ``; the control is
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aivarda.background.genbe.sphere import EARTH_RADIUS, SphereOps
+from aivarda.sphere import EARTH_RADIUS, SphereOps
 from aivarda.background.transforms import _batch_shape, symmetric_sqrt
 from aivarda.channels import ChannelLayout
 from aivarda.grid import Grid

@@ -51,12 +51,16 @@ class TransformConfig(StrictModel):
 @dataclass(frozen=True)
 class TransformContext:
     """What a builder may need besides its config: the state shape and dtype, the geometry of a
-    state on the sphere, the per-channel background-error std ``[C]`` the driver computed."""
+    state on the sphere, the per-channel background-error std ``[C]`` the driver computed, the
+    ensemble members when they are known at build time."""
 
     state_shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
     geometry: Geometry | None = None
     error_std: Tensor | None = None
+    ensemble: Tensor | None = None
+    """Members ``[K, *S]`` (or trajectories ``[K, T, *S]``) known when the B is built; a B that
+    needs the ensemble every cycle gets it through ``update(members)``."""
 
     def require_error_std(self, section: str) -> Tensor:
         if self.error_std is None:
