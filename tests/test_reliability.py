@@ -99,9 +99,14 @@ def interrupted(small_run: tuple[Path, Path], tmp_path: Path, stop: tuple[int, s
     return out
 
 
+def not_warnings(stderr: str) -> list[str]:
+    """The stderr lines other than warnings (e.g. the in-sample stamp of the test runs)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("warning:")]
+
+
 def resume_cli(config: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     code = main(["run", str(config), "--out", str(out), "--resume", "--json"])
-    return code, capsys.readouterr().err.strip().splitlines()
+    return code, not_warnings(capsys.readouterr().err)
 
 
 def assert_same_as(ref: Path, out: Path) -> None:
@@ -341,7 +346,7 @@ def test_check_state_names_a_nan_and_an_implausible_value() -> None:
 
 # ------------------------------------------------------------------- one line and exit status 2
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    err = not_warnings(capsys.readouterr().err)
     assert len(err) == 1, err
     return err[0]
 
