@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from aivarda.assimilation.single_analysis import AnalyseConfig
+from aivarda.assimilate import AnalyseConfig
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.transform import resolve_file
 from aivarda.config import load_config

@@ -19,7 +19,7 @@ import torch
 from aivarda.channels import ChannelLayout
 from aivarda.config import load_config
 from aivarda.data.sources import layout_from_channels
-from aivarda.data.stats import NormStats
+from aivarda.normstats import NormStats
 from aivarda.grid import Grid
 from aivarda.models.checkpoint import build_forecast_model
 from aivarda.models.config import TrainConfig

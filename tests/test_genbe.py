@@ -23,7 +23,7 @@ from aivarda.background.genbe import (
     fit_genbe,
 )
 from aivarda.background.genbe.fit import apply_regression
-from aivarda.background.genbe.nmc import forecast_differences, lagged_differences
+from aivarda.learning.nmc import forecast_differences, lagged_differences
 from aivarda.background.registry import (
     TransformContext,
     build_transform,
@@ -325,7 +325,7 @@ def write_random_store(path: Path, grid: Grid, seed: int = 0) -> None:
 
 def test_learn_b_cli_and_3dvar_with_genbe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from aivarda.assimilate import AnalyseConfig, run_single_analysis
-    from aivarda.background.genbe.nmc import NmcSamples
+    from aivarda.learning.nmc import NmcSamples
     from aivarda.cli import main
     from aivarda.config import load_config
 
@@ -389,9 +389,9 @@ def test_samples_and_statistics_record_the_truth_span_they_read(tmp_path: Path) 
     import shutil
 
     from aivarda.artefacts import trained_on_of_genbe
-    from aivarda.background.genbe.cli import fit_from_config, make_samples
+    from aivarda.learning.learn_b import fit_from_config, make_samples
     from aivarda.background.genbe.config import LearnBConfig
-    from aivarda.background.genbe.nmc import NmcSamples
+    from aivarda.learning.nmc import NmcSamples
     from aivarda.config import validate
     from aivarda.data.fingerprint import store_identity
     from aivarda.provenance import TimeSpan

@@ -10,7 +10,7 @@ import yaml
 from torch import nn
 
 from aivarda.channels import ChannelLayout
-from aivarda.data.stats import NormStats
+from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel

@@ -18,7 +18,7 @@ from aivarda.data.fingerprint import nature_run_fingerprint, store_identity
 from aivarda.data.nature_run import NatureRunConfig, SpanConfig
 from aivarda.errors import ConfigError, DataError, LeakageError
 from aivarda.models.config import TrainConfig
-from aivarda.models.training import train
+from aivarda.learning.train_model import train
 from aivarda.paths import ASSETS
 from aivarda.provenance import (
     IN_SAMPLE,

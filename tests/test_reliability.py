@@ -18,7 +18,7 @@ from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.errors import ConfigError, DataError
 from aivarda.models.config import TrainConfig
-from aivarda.paths import check_name
+from aivarda.config import check_name
 
 pytestmark = pytest.mark.reliability
 

@@ -22,8 +22,8 @@ from aivarda.data.sources import Wb2ZarrSource
 from aivarda.grid import Grid
 from aivarda.models.checkpoint import load_forecast_model, read_checkpoint
 from aivarda.models.config import EvalConfig, TrainConfig
-from aivarda.models.evaluate import evaluate, initial_times
-from aivarda.models.training import lr_lambda, train, trajectory_starts, weighted_mse
+from aivarda.learning.eval_model import evaluate, initial_times
+from aivarda.learning.train_model import lr_lambda, train, trajectory_starts, weighted_mse
 
 GRID = Grid.gaussian(16, 32)
 LAYOUT = ChannelLayout(("t2m",), ("z", "t"), (500, 850))
@@ -186,7 +186,7 @@ def test_cli_train_and_eval(synthetic_store, tmp_path, capsys):
 
 
 def test_eval_model_without_a_config_scores_the_shipped_model():
-    from aivarda.models.evaluate import default_eval_config
+    from aivarda.learning.eval_model import default_eval_config
     from aivarda.paths import ASSETS
 
     cfg = default_eval_config()

@@ -27,6 +27,7 @@ import numpy as np
 
 from aivarda.errors import DataError
 from aivarda.provenance import TimeSpan, TrainedOn, records_from_json
+from aivarda.timeaxis import from_hours
 
 DERIVED_NOTE = (
     "derived from the training configuration the checkpoint recorded (written before aivarda recorded provenance)"
@@ -152,7 +153,7 @@ def _derived_from_samples_metadata(meta: dict[str, Any], what: str) -> TrainedOn
         raise DataError(f"the store the samples came from ({store}) is not available")
     times = Wb2ZarrSource(store, store_layout(store), span=meta.get("span")).times
     back = float(meta.get("long_lead_hours", meta.get("lag_hours", 0)))
-    start = times[0] - np.timedelta64(int(round(back * 3600)), "s")
+    start = times[0] - from_hours(back)
     record = trained_on_record(what, store, [TimeSpan(start, times[-1], str(meta.get("span") or ""))], "fitted on")
     note = "derived from the sample metadata: the whole span (written before aivarda recorded provenance)"
     return replace(record, note=note)

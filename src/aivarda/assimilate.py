@@ -116,7 +116,7 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
             f"assimilation.background_error: type {cfg.assimilation.background_error.type} needs ensemble members, "
             "which a single analysis from a lagged truth does not have (use aivarda run)"
         )
-    wa = analyse_window(method, x_b, obs, geometry, cfg.observations.qc, parts.transform, parts.background_std,
+    wa = analyse_window(method, x_b, obs, geometry, cfg.observations, parts.transform, parts.background_std,
                         window, parts.window_model, progress)
     result = wa.result
     truth = truth_window[0]
@@ -128,7 +128,8 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
         "observations": wa.observations.counts(),
         **state_scores(geometry, truth, x_b, result.x_a.detach(), parts.stats.std),
         "observation_space": observation_space(
-            wa.observations, geometry, {"O-B": wa.background_window, "O-A": wa.analysis_window}
+            wa.observations, geometry, {"O-B": wa.background_window, "O-A": wa.analysis_window},
+            cfg.observations.operator,
         ),
         "minimizer": minimizer_summary(result),
         "wall_seconds": {"io": io_seconds, "minimisation": wa.minimise_seconds},

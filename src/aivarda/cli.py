@@ -33,6 +33,11 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
 
 
+def _add_allow_in_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-in-sample", action="store_true",
+                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aivarda",
@@ -91,8 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the config's output_dir)")
     _add_json(p)
-    p.add_argument("--allow-in-sample", action="store_true",
-                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+    _add_allow_in_sample(p)
     p.set_defaults(func=_handler("aivarda.assimilate:main"))
 
     # --- cycling ------------------------------------------------------------------------------
@@ -101,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: the config's output_dir)")
     _add_json(p)
-    p.add_argument("--allow-in-sample", action="store_true",
-                   help="score a period a model/B/statistics was trained on (stamped on every output)")
+    _add_allow_in_sample(p)
     p.set_defaults(func=_handler("aivarda.cycling.runner:main"))
 
     p = sub.add_parser("report", help="table and figures comparing cycling runs")
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="override output_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.models.training:main"))
+    p.set_defaults(func=_handler("aivarda.learning.train_model:main"))
 
     p = sub.add_parser("eval-model", help="RMSE/ACC of a forecast model vs persistence and climatology by lead time")
     p.add_argument("config", type=Path, nargs="?", default=None, help="YAML with EvalConfig fields (optional)")
@@ -138,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=None, help="WeatherBench2-layout Zarr store (default: the nature run)")
     p.add_argument("--max-inits", type=int, default=None, help="at most this many initial times")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.models.evaluate:main"))
+    p.set_defaults(func=_handler("aivarda.learning.eval_model:main"))
 
     # --- background-error statistics ----------------------------------------------------------
     learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE)").add_subparsers(
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="sample file (default: cached under $AIVARDA_HOME/b)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_handler("aivarda.background.genbe.cli:nmc_main"))
+    p.set_defaults(func=_handler("aivarda.learning.learn_b:nmc_main"))
 
     p = learn_b.add_parser("genbe", help="fit GEN_BE static B (ψ/χ, vertical modes, balance, length scales)")
     p.add_argument("config", type=Path, help="YAML with LearnBConfig fields (e.g. configs/learn_b_genbe.yaml)")
@@ -157,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="statistics file (default: $AIVARDA_HOME/b/genbe_<name>.pt)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     _add_json(p)
-    p.set_defaults(func=_handler("aivarda.background.genbe.cli:genbe_main"))
+    p.set_defaults(func=_handler("aivarda.learning.learn_b:genbe_main"))
 
     # --- provenance ---------------------------------------------------------------------------
     p = sub.add_parser("provenance", help="what checkpoints/B files were trained on; check a period is out of sample")

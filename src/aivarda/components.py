@@ -40,7 +40,8 @@ from aivarda.background.registry import BACKGROUNDS, TransformContext, build_tra
 from aivarda.background.transforms import ControlTransform
 from aivarda.config import ExperimentConfig
 from aivarda.data.sources import FieldSource, open_source
-from aivarda.data.stats import NormStats, load_or_compute_norm_stats
+from aivarda.data.stats import load_or_compute_norm_stats
+from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel
@@ -123,7 +124,7 @@ def build_components(cfg: DAExperimentConfig, *, error_hours: float, progress: b
     if method.needs.window_model and model_cfg is None:
         raise ConfigError(f"window_model: method {method.name} needs a window model (window_model: {{checkpoint: ...}})")
     source = open_source(cfg.data)
-    geometry = Geometry(source.grid, source.layout)
+    geometry = source.geometry
     device = cfg.torch_device()
     window_model = None if model_cfg is None else load_model(model_cfg, geometry, "window_model", device)
     stats_source = source

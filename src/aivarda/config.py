@@ -19,7 +19,6 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aivarda.errors import ConfigError
-from aivarda.paths import check_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -135,9 +134,27 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Hours = Annotated[float, BeforeValidator(duration_hours)]
 """A config field given like :data:`Duration` → float hours."""
 
+def check_name(name: str) -> str:
+    """``name`` if it can be used as one component of a file name, else ``ValueError``.
+
+    Names of experiments, models, statistics and runs become parts of paths
+    (``$AIVARDA_HOME/b/genbe_<name>.pt``, ``<report>/increment_<name>_z500.png``); a name with a
+    path separator, ``..``, a leading dot (hidden or relative), a NUL or control character, or an
+    empty name could write outside the intended folder and is refused.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a name must not be empty")
+    bad = [c for c in ("/", "\\", "\0") if c in name] + [c for c in name if ord(c) < 32]
+    if bad:
+        raise ValueError(f"name {name!r} must not contain path separators or control characters")
+    if ".." in name or name.startswith("."):
+        raise ValueError(f"name {name!r} must not contain '..' or start with '.' (it is used in file names)")
+    return name
+
+
 SafeName = Annotated[str, AfterValidator(check_name)]
 """A name that becomes part of a file name: no path separator, no ``..``, no leading dot, not empty
-(:func:`aivarda.paths.check_name`)."""
+(:func:`check_name`)."""
 
 
 class DataConfig(StrictModel):

@@ -28,20 +28,3 @@ def expand_path(path: str | Path) -> Path:
     text = str(path).replace("${AIVARDA_HOME}", str(aivarda_home())).replace("${AIVARDA_ASSETS}", str(ASSETS))
     return Path(text).expanduser()
 
-
-def check_name(name: str) -> str:
-    """``name`` if it can be used as one component of a file name, else ``ValueError``.
-
-    Names of experiments, models, statistics and runs become parts of paths
-    (``$AIVARDA_HOME/b/genbe_<name>.pt``, ``<report>/increment_<name>_z500.png``); a name with a
-    path separator, ``..``, a leading dot (hidden or relative), a NUL or control character, or an
-    empty name could write outside the intended folder and is refused.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("a name must not be empty")
-    bad = [c for c in ("/", "\\", "\0") if c in name] + [c for c in name if ord(c) < 32]
-    if bad:
-        raise ValueError(f"name {name!r} must not contain path separators or control characters")
-    if ".." in name or name.startswith("."):
-        raise ValueError(f"name {name!r} must not contain '..' or start with '.' (it is used in file names)")
-    return name

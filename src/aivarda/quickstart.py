@@ -72,7 +72,7 @@ def _lag(tiny: bool) -> str:
 def genbe_statistics(store: Path, tiny: bool = False, progress: bool = True) -> Path:
     """GEN_BE statistics of ``store`` fitted from lagged-truth differences over its ``train`` span
     (the background's lag apart), cached under ``$AIVARDA_HOME/b``."""
-    from aivarda.background.genbe.cli import fit_from_config, load_or_make_samples
+    from aivarda.learning.learn_b import fit_from_config, load_or_make_samples
     from aivarda.background.genbe.config import LearnBConfig
     from aivarda.paths import cache_dir
 

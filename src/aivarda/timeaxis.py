@@ -34,6 +34,11 @@ def hours(value: np.timedelta64 | timedelta) -> float:
     return float(to_timedelta64(value) / np.timedelta64(1, "s")) / 3600.0
 
 
+def from_hours(value: float) -> np.timedelta64:
+    """``value`` hours as ``timedelta64[ns]`` (rounded to the second)."""
+    return np.timedelta64(int(round(float(value) * 3600)), "s").astype("timedelta64[ns]")
+
+
 def steps_between(interval: np.timedelta64 | timedelta, dt_hours: float, what: str) -> int:
     """The whole number of model steps of ``dt_hours`` in ``interval`` (a ConfigError naming
     ``what`` otherwise)."""

@@ -21,10 +21,10 @@ from aivarda.assimilation.window import Window
 from aivarda.background.transforms import ControlTransform
 from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel
-from aivarda.observations.config import QCConfig
+from aivarda.observations.config import ObservationConfig
 from aivarda.observations.obsset import ObsSet
-from aivarda.observations.operators import build_operator
 from aivarda.observations.qc import quality_control
+from aivarda.observations.registry import observation_operator
 
 
 @dataclass
@@ -44,7 +44,7 @@ def analyse_window(
     x_b: Tensor,
     obs: ObsSet,
     geometry: Geometry,
-    qc: QCConfig,
+    observing: ObservationConfig,
     transform: ControlTransform,
     background_std: Tensor,
     window: Window,
@@ -55,15 +55,15 @@ def analyse_window(
     """QC against the background window, then ``x_a = x_b + U z*`` by ``method``.
 
     ``x_b`` ``[C, H, W]`` is the background at the window start; ``obs`` the observations of the
-    window's times; ``background_std`` ``[C]`` the σ_b of the background check; ``model`` the
+    window's times; ``observing`` the observing system's QC and operator sections; ``background_std`` ``[C]`` the σ_b of the background check; ``model`` the
     window model of a method that needs one; ``members`` ``[K, C, H, W]`` the ensemble valid at the
     window start, for a method that needs it.
     """
     grid, layout = geometry.grid, geometry.layout
     bg_window = method.background_window(x_b, window, model)
-    obs = quality_control(obs, grid, layout, qc, background=bg_window, background_std=background_std.to(x_b.dtype))
+    obs = quality_control(obs, grid, layout, observing.qc, background=bg_window, background_std=background_std.to(x_b.dtype))
     active = obs.active()
-    operator = build_operator(active, grid, layout, (window.n_times, *x_b.shape))
+    operator = observation_operator(observing.operator, active, geometry, (window.n_times, *x_b.shape))
     problem = AnalysisProblem(x_b, bg_window, transform, operator, active, window, model, members, progress)
     t0 = wallclock.perf_counter()
     result = method.analyse(problem)

@@ -240,14 +240,8 @@ def great_circle(lat1: Tensor, lon1: Tensor, lat2: Tensor, lon2: Tensor) -> Tens
 
 
 def sphere_local_obs(
-    grid: Grid,
-    obs_lat: Tensor,
-    obs_lon: Tensor,
-    length_scale_km: float,
-    *,
-    min_taper: float = DEFAULT_MIN_TAPER,
-    radius: float = EARTH_RADIUS,
-    chunk_elements: int = 1 << 22,
+    grid: Grid, obs_lat: Tensor, obs_lon: Tensor, length_scale_km: float, *,
+    min_taper: float = DEFAULT_MIN_TAPER, radius: float = EARTH_RADIUS, chunk_elements: int = 1 << 22,
 ) -> LocalObs:
     """Local observations of every grid column (domain ``d = j·W + i``, row-major ``[H, W]``).
 

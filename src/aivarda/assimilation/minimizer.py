@@ -1,4 +1,4 @@
-"""Minimisation of a :class:`VariationalCost` with L-BFGS (DESIGN §3, §5).
+"""Minimisation of a :class:`VariationalCost` with L-BFGS (docs/architecture.md).
 
 ``outer_loops`` × ``inner_iterations``: each outer loop starts a fresh ``torch.optim.LBFGS``
 (history ``history_size``, strong-Wolfe line search) from the current control variable, i.e.

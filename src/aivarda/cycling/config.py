@@ -37,6 +37,7 @@ from aivarda.errors import ConfigError
 from aivarda.models.config import ModelConfig
 from aivarda.observations.config import ObservationConfig
 from aivarda.paths import ASSETS
+from aivarda.timeaxis import to_timedelta64
 
 DEFAULT_MODEL = ASSETS / "fengwu_6h.pt"
 """The shipped 6-hour forecast model (cycling, forecasts, ensemble)."""
@@ -110,7 +111,7 @@ class CyclingConfig(DAExperimentConfig):
     def cycle_times(self) -> np.ndarray:
         """``[N]`` datetime64[ns] analysis times ``start_time, start_time + cycle_time, …, end_time``."""
         start = np.datetime64(self.start_time, "ns")
-        step = np.timedelta64(int(self.cycle_time.total_seconds()), "s")
+        step = to_timedelta64(self.cycle_time)
         n = (self.end_time - self.start_time) // self.cycle_time + 1  # type: ignore[operator]
         return (start + np.arange(n) * step).astype("datetime64[ns]")
 

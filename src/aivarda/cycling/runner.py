@@ -197,7 +197,7 @@ class CyclingRunner:
         if parts.b_needs_ensemble:
             assert members is not None
             self.method.update_background_error(parts.transform, members, window, parts.window_model)  # type: ignore[arg-type]
-        wa = analyse_window(self.method, x_b, obs, self.geometry, cfg.observations.qc, parts.transform,
+        wa = analyse_window(self.method, x_b, obs, self.geometry, cfg.observations, parts.transform,
                             parts.background_std, window, parts.window_model, members=members)
         x_a = wa.result.x_a.detach()
         wall["minimisation"] += wallclock.perf_counter() - tic
@@ -208,7 +208,8 @@ class CyclingRunner:
         baselines = baseline_scores(self.grid, truth_window[0], previous_truth, self.climatology, layout.names,
                                     self.stats.std)
         obs_space = observation_space(wa.observations, self.geometry,
-                                      {"O-B": wa.background_window, "O-A": wa.analysis_window})
+                                      {"O-B": wa.background_window, "O-A": wa.analysis_window},
+                                      cfg.observations.operator)
         wall["observations"] += wallclock.perf_counter() - tic
 
         forecast_now = cfg.forecast.every > 0 and n % cfg.forecast.every == 0

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
-from aivarda.timeaxis import format_time  # noqa: F401 (re-exported for data users)
+from aivarda.timeaxis import format_time, from_hours  # noqa: F401 (re-exported for data users)
 from aivarda.errors import ConfigError, DataError
+from aivarda.geometry import Geometry
 from aivarda.grid import Grid
 from aivarda.provenance import parse_time
 
@@ -228,6 +229,11 @@ class Wb2ZarrSource:
         self._time_range = None if time_range is None else (as_time(time_range[0]), as_time(time_range[1]))
         self.times = self._select_times()
 
+    @property
+    def geometry(self) -> Geometry:
+        """The grid and channel layout of the states this source returns."""
+        return Geometry(self.grid, self.layout)
+
     # ------------------------------------------------------------------ construction
     def _infer_grid(self) -> tuple[Grid, np.ndarray | None, np.ndarray | None]:
         lat = np.asarray(self._ds["latitude"].values, dtype=np.float64)
@@ -289,7 +295,7 @@ class Wb2ZarrSource:
                 )
             spec = self.spans[self.span]
             start, end = as_time(spec["start"]), as_time(spec["end"])
-            step = np.timedelta64(int(round(float(spec["interval_hours"]) * 3600)), "s").astype("timedelta64[ns]")
+            step = from_hours(spec["interval_hours"])
             mask &= (times >= start) & (times <= end) & ((times - start) % step == np.timedelta64(0, "ns"))
         if self._time_range is not None:
             mask &= (times >= self._time_range[0]) & (times <= self._time_range[1])

@@ -31,96 +31,13 @@ from tqdm.auto import tqdm
 
 from aivarda.data.sources import FieldSource
 from aivarda.errors import DataError
-from aivarda.files import atomic_write, atomic_write_text
+from aivarda.normstats import NormStats
+from aivarda.files import atomic_write
 from aivarda.paths import cache_dir
+from aivarda.timeaxis import from_hours
 
 DEFAULT_MAX_SAMPLES = 512
 """Sample times used for the statistics (evenly spread over the source); enough for 4 digits."""
-
-
-@dataclass
-class NormStats:
-    """Per-channel statistics, tensors of shape ``[C]`` (float64) in the order of ``channels``."""
-
-    channels: tuple[str, ...]
-    mean: torch.Tensor
-    std: torch.Tensor
-    diff_mean: torch.Tensor
-    diff_std: torch.Tensor
-    diff_hours: float
-    n_samples: int
-    span: tuple[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "channels": list(self.channels),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "diff_mean": self.diff_mean.tolist(),
-            "diff_std": self.diff_std.tolist(),
-            "diff_hours": self.diff_hours,
-            "n_samples": self.n_samples,
-            "span": None if self.span is None else list(self.span),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NormStats:
-        def vec(key: str) -> torch.Tensor:
-            return torch.tensor(d[key], dtype=torch.float64)
-
-        return cls(
-            channels=tuple(d["channels"]),
-            mean=vec("mean"),
-            std=vec("std"),
-            diff_mean=vec("diff_mean"),
-            diff_std=vec("diff_std"),
-            diff_hours=float(d["diff_hours"]),
-            n_samples=int(d["n_samples"]),
-            span=None if d.get("span") is None else (str(d["span"][0]), str(d["span"][1])),
-        )
-
-    def save(self, path: str | Path) -> None:
-        """Write JSON atomically (a partial file is never left behind)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | Path) -> NormStats:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}: not a valid statistics file ({type(exc).__name__}: {exc})") from None
-
-    def nonfinite_channels(self) -> list[str]:
-        """Channels whose mean, std or difference statistics are NaN/Inf."""
-        table = torch.stack([self.mean, self.std, self.diff_mean, self.diff_std])
-        return [c for c, ok in zip(self.channels, torch.isfinite(table).all(0).tolist(), strict=True) if not ok]
-
-    def finite(self) -> bool:
-        return not self.nonfinite_channels()
-
-    def select(self, names: tuple[str, ...] | list[str]) -> NormStats:
-        """The statistics of a subset of channels, in the given order."""
-        missing = [n for n in names if n not in self.channels]
-        if missing:
-            raise DataError(f"statistics: channels {missing} not available (have {list(self.channels)})")
-        idx = torch.tensor([self.channels.index(n) for n in names])
-        return NormStats(
-            tuple(names), self.mean[idx], self.std[idx], self.diff_mean[idx], self.diff_std[idx],
-            self.diff_hours, self.n_samples, self.span,
-        )
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x − mean) / std`` per channel for ``x [..., C, H, W]``."""
-        return (x - _bc(self.mean, x)) / _bc(self.std, x)
-
-    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`normalise`."""
-        return z * _bc(self.std, z) + _bc(self.mean, z)
-
-
-def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``[C]`` → ``[C, 1, 1]`` on ``like``'s device and dtype."""
-    return v.to(device=like.device, dtype=like.dtype)[:, None, None]
 
 
 @dataclass
@@ -183,7 +100,7 @@ def _evenly(n: int, k: int | None) -> np.ndarray:
 
 def difference_pairs(times: np.ndarray, diff_hours: float) -> np.ndarray:
     """Times ``t`` of ``times`` such that ``t + diff_hours`` is also in ``times``."""
-    delta = np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
+    delta = from_hours(diff_hours)
     return times[np.isin(times + delta, times)]
 
 
@@ -222,8 +139,17 @@ def summarise(
     With ``require_pairs=False`` a source without any ``diff_hours`` pair (one time, or an interval
     that does not divide Δ) gives NaN difference statistics instead of a DataError.
     """
-    delta = _delta(diff_hours)
-    starts, has_pairs = sample_times(source, diff_hours, max_samples, require_pairs)
+    delta = from_hours(diff_hours)
+    starts = difference_pairs(source.times, diff_hours)
+    has_pairs = starts.size > 0
+    if not has_pairs:
+        if require_pairs:
+            raise DataError(
+                f"{getattr(source, 'path', 'source')}: no two times {diff_hours:g} h apart among its "
+                f"{source.times.size} times; cannot compute {diff_hours:g}-hour difference statistics"
+            )
+        starts = source.times
+    starts = starts[_evenly(starts.size, max_samples)]
     states = WeightedMoments(source.grid.weights)
     diffs = WeightedMoments(source.grid.weights)
     batches = range(0, starts.size, batch_size)
@@ -344,7 +270,7 @@ def stats_rows(stats: NormStats, units: dict[str, str]) -> list[dict[str, Any]]:
 
 def main(args: argparse.Namespace) -> int:
     """``aivarda data stats STORE [--span S] [--diff-hours H] [--refresh] [--json]``."""
-    from aivarda.data.describe import format_table
+    from aivarda.tables import format_table
     from aivarda.data.sources import Wb2ZarrSource, store_layout
 
     source = Wb2ZarrSource(args.store, layout=store_layout(args.store), span=args.span)

@@ -10,7 +10,7 @@ from aivarda.assimilation.minimizer import AnalysisResult
 from aivarda.evaluation.metrics import bias, rmse
 from aivarda.geometry import Geometry
 from aivarda.observations.obsset import ObsSet
-from aivarda.observations.operators import build_operator
+from aivarda.observations.registry import OperatorConfig, observation_operator
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
 
@@ -28,16 +28,17 @@ def _obs_space_stats(obs: ObsSet, hx: Tensor) -> dict[str, float]:
     }
 
 
-def observation_space(obs: ObsSet, geometry: Geometry, windows: dict[str, Tensor]) -> dict[str, Any]:
+def observation_space(obs: ObsSet, geometry: Geometry, windows: dict[str, Tensor], operator: OperatorConfig) -> dict[str, Any]:
     """``{"assimilated"|"withheld": {name: stats of y − H(window)}}`` for each window ``[T, C, H, W]``
-    in ``windows`` (e.g. ``{"O-B": x_b window, "O-A": x_a window}``); withheld = verification only."""
+    in ``windows`` (e.g. ``{"O-B": x_b window, "O-A": x_a window}``) with the configured operator;
+    withheld = verification only."""
     out: dict[str, Any] = {}
     for subset_name, subset in (("assimilated", obs.active()), ("withheld", obs.verification())):
         if len(subset) == 0:
             out[subset_name] = {"count": 0}
             continue
         first = next(iter(windows.values()))
-        H = build_operator(subset, geometry.grid, geometry.layout, tuple(first.shape))
+        H = observation_operator(operator, subset, geometry, tuple(first.shape))
         out[subset_name] = {name: _obs_space_stats(subset, H(w).detach()) for name, w in windows.items()}
     return out
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from aivarda.errors import ConfigError, DataError
 from aivarda.files import check_writable_dir, read_checked_json
-from aivarda.paths import check_name
+from aivarda.config import check_name
 from aivarda.evaluation.bootstrap import (
     DEFAULT_BLOCK_LENGTH,
     DEFAULT_CONFIDENCE,

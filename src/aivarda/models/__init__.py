@@ -1,4 +1,4 @@
-"""Forecast models (DESIGN §3: ``ForecastModel.step``/``forecast``, each owning its normalisation).
+"""Forecast models (``ForecastModel.step``/``forecast``, each owning its normalisation; see docs/architecture.md).
 
 - :mod:`.base` — the :class:`~aivarda.models.base.ForecastModel` protocol.
 - :mod:`.normalised` — :class:`NeuralForecastModel`: any network on normalised fields as a

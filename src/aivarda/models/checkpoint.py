@@ -23,7 +23,7 @@ import torch
 
 from aivarda.channels import ChannelLayout
 from aivarda.config import load_config
-from aivarda.data.stats import NormStats
+from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from aivarda.channels import ChannelLayout
-from aivarda.data.stats import NormStats
+from aivarda.normstats import NormStats
 from aivarda.errors import DataError
 from aivarda.geometry import Geometry
 from aivarda.grid import Grid

@@ -17,11 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
 from aivarda.config import StrictModel
 from aivarda.errors import AivardaError, ConfigError
+from aivarda.observations.registry import InterpolationConfig, OperatorConfig, parse_operator_config
 
 ObservationMode = Literal["random", "fixed", "grid", "offgrid"]
 
@@ -108,6 +109,14 @@ class ObservationConfig(StrictModel):
     noise: bool = Field(default=True, description="add Gaussian noise σ_o·ε (the seed code did not)")
     withhold: float = Field(default=0.0, ge=0, le=1, description="fraction of columns withheld for verification")
     qc: QCConfig = Field(default_factory=QCConfig)
+    operator: SerializeAsAny[OperatorConfig] = Field(
+        default_factory=InterpolationConfig, description="observation operator H: {type: interpolation, ...}"
+    )
+
+    @field_validator("operator", mode="before")
+    @classmethod
+    def _operator(cls, v: object) -> OperatorConfig:
+        return parse_operator_config(v)
 
     @field_validator("channels")
     @classmethod

@@ -1,5 +1,5 @@
 """GEN_BE static background error (WRFDA-style): NMC samples, fitting on the sphere, and the
-control-variable transform ``U`` (DESIGN §5)."""
+control-variable transform ``U`` (docs/genbe.md)."""
 
 from aivarda.background.genbe.fit import (
     FitSettings,

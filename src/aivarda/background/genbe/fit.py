@@ -1,4 +1,4 @@
-"""Fitting WRFDA-GEN_BE-style static background-error statistics from NMC samples (DESIGN §5).
+"""Fitting WRFDA-GEN_BE-style static background-error statistics from NMC samples (docs/genbe.md).
 
 Given samples ``δx_n`` (``n = 1 … N``, ``[C, H, W]`` on the state grid, physical units):
 

@@ -30,7 +30,7 @@ from aivarda.errors import ConfigError, DataError
 from aivarda.evaluation.metrics import acc, mse
 from aivarda.models.checkpoint import load_forecast_model
 from aivarda.models.config import EvalConfig
-from aivarda.models.training import store_path
+from aivarda.learning.train_model import store_path
 
 BASELINES = ("model", "persistence", "climatology")
 
@@ -148,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    from aivarda.data.describe import format_table
+    from aivarda.tables import format_table
 
     print(f"{report['checkpoint']} on {report['store']} span {report['span']!r}: {report['n_inits']} initial times "
           f"{report['first_init']} … {report['last_init']}, step {report['dt_hours']:g} h")

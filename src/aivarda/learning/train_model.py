@@ -51,7 +51,8 @@ from aivarda.data.sources import (
     layout_from_channels,
     store_layout,
 )
-from aivarda.data.stats import NormStats, load_or_compute_norm_stats
+from aivarda.data.stats import load_or_compute_norm_stats
+from aivarda.normstats import NormStats
 from aivarda.errors import ConfigError, DataError
 from aivarda.files import check_writable_dir
 from aivarda.models.checkpoint import (
@@ -63,6 +64,7 @@ from aivarda.models.checkpoint import (
 from aivarda.models.config import TrainConfig, TrainDataConfig, load_train_config
 from aivarda.models.normalised import NeuralForecastModel
 from aivarda.provenance import TimeSpan, TrainedOn, records_to_json
+from aivarda.timeaxis import from_hours
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -99,7 +101,7 @@ def trajectory_starts(times: np.ndarray, dt_hours: float, k: int) -> np.ndarray:
     times = np.asarray(times, dtype="datetime64[ns]")
     ok = np.ones(times.size, dtype=bool)
     for j in range(1, k + 1):
-        ok &= np.isin(times + np.timedelta64(int(round(j * dt_hours * 3600)), "s"), times)
+        ok &= np.isin(times + from_hours(j * dt_hours), times)
     return times[ok]
 
 

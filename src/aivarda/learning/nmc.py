@@ -1,4 +1,4 @@
-"""NMC samples of background error (Parrish & Derber 1992; DESIGN §5).
+"""NMC samples of background error (Parrish & Derber 1992; docs/genbe.md).
 
 ``kind: forecast`` — differences of two forecasts valid at the same time ``t`` with different lead
 times, started from the truth:
@@ -36,6 +36,7 @@ from aivarda.errors import DataError
 from aivarda.files import load_torch_file, save_torch_file
 from aivarda.grid import Grid
 from aivarda.models.base import ForecastModel
+from aivarda.timeaxis import from_hours
 
 FORMAT = "aivarda-nmc-samples"
 VERSION = 1
@@ -87,10 +88,6 @@ class NmcSamples:
         )
 
 
-def _hours(h: float) -> np.timedelta64:
-    return np.timedelta64(int(round(h * 3600)), "s").astype("timedelta64[ns]")
-
-
 def evenly(times: np.ndarray, max_samples: int | None) -> np.ndarray:
     """At most ``max_samples`` of ``times``, evenly spread (all if ``None``)."""
     if max_samples is None or times.size <= max_samples:
@@ -102,7 +99,7 @@ def valid_times(candidates: np.ndarray, available: np.ndarray, offsets_hours: li
     """Those of ``candidates`` ``t`` for which every ``t − offset`` is in ``available``."""
     ok = np.ones(candidates.size, dtype=bool)
     for h in offsets_hours:
-        ok &= np.isin(candidates - _hours(h), available)
+        ok &= np.isin(candidates - from_hours(h), available)
     return candidates[ok]
 
 
@@ -124,7 +121,7 @@ def forecast_differences(
     out = []
     for b in tqdm(range(0, times.size, batch_size), desc="NMC forecasts", unit="batch", disable=not progress):
         t = times[b : b + batch_size]
-        x0 = source.states(np.concatenate([t - _hours(long_lead_hours), t - _hours(short_lead_hours)])).to(device)
+        x0 = source.states(np.concatenate([t - from_hours(long_lead_hours), t - from_hours(short_lead_hours)])).to(device)
         with torch.no_grad():
             long = model.forecast(x0[: t.size], n_long)
             short = model.forecast(x0[t.size :], n_short)
@@ -145,7 +142,7 @@ def lagged_differences(
     out = []
     for b in tqdm(range(0, times.size, batch_size), desc="lagged truth", unit="batch", disable=not progress):
         t = times[b : b + batch_size]
-        x = source.states(np.concatenate([t, t - _hours(lag_hours)]))
+        x = source.states(np.concatenate([t, t - from_hours(lag_hours)]))
         d = x[: t.size] - x[t.size :]
         out.append(regrid(d) if regrid is not None else d)
     return torch.cat(out)

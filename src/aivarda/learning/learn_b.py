@@ -20,7 +20,7 @@ import numpy as np
 
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
-from aivarda.background.genbe.nmc import (
+from aivarda.learning.nmc import (
     NmcSamples,
     evenly,
     forecast_differences,
@@ -33,10 +33,7 @@ from aivarda.errors import ConfigError, DataError
 from aivarda.files import check_writable_file
 from aivarda.paths import cache_dir
 from aivarda.provenance import TimeSpan, TrainedOn, records_from_json, records_to_json
-
-
-def _hours(td: Any) -> float:
-    return td.total_seconds() / 3600.0
+from aivarda.timeaxis import from_hours, hours
 
 
 def make_samples(cfg: LearnBConfig, progress: bool = True) -> NmcSamples:
@@ -54,13 +51,8 @@ def make_samples(cfg: LearnBConfig, progress: bool = True) -> NmcSamples:
 
         assert nmc.model is not None
         model = load_forecast_model(nmc.model)
-        model_layout = getattr(model, "layout", None)
-        if model_layout is not None and tuple(model_layout.names) != tuple(source.layout.names):
-            raise ConfigError(
-                f"nmc.model: the model has {len(model_layout)} channels, the data section {len(source.layout)}; "
-                "set data.variables to the model's channels"
-            )
-        offsets = [_hours(nmc.long_lead), _hours(nmc.short_lead)]
+        source.geometry.check_same(model.geometry, "nmc.model")
+        offsets = [hours(nmc.long_lead), hours(nmc.short_lead)]
         reach = offsets[0]
         times = evenly(valid_times(source.times, full.times, offsets), nmc.max_samples)
         _require(times, where, f"initial states {offsets[0]:g} h and {offsets[1]:g} h earlier", nmc.span)
@@ -69,7 +61,7 @@ def make_samples(cfg: LearnBConfig, progress: bool = True) -> NmcSamples:
         )
         meta: dict[str, Any] = {"long_lead_hours": offsets[0], "short_lead_hours": offsets[1], "model_dt": float(model.dt)}
     else:
-        lag = reach = _hours(nmc.lag)
+        lag = reach = hours(nmc.lag)
         times = evenly(valid_times(source.times, full.times, [lag]), nmc.max_samples)
         _require(times, where, f"a truth state {lag:g} h earlier", nmc.span)
         samples = lagged_differences(full, times, lag, nmc.batch_size, regrid, progress)
@@ -84,7 +76,7 @@ def samples_record(source: Any, valid_times: Any, reach_hours: float, span: str 
     the first valid time) to the last valid time."""
     from aivarda.data.fingerprint import trained_on_record
 
-    reach = np.timedelta64(int(round(reach_hours * 3600)), "s")
+    reach = from_hours(reach_hours)
     truth = TimeSpan(valid_times.min() - reach, valid_times.max(), span or "")
     return trained_on_record("NMC samples", source, [truth], verb="drawn from")
 
