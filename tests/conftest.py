@@ -18,6 +18,16 @@ import pytest
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
 from aivarda.grid import Grid
 
+try:  # hypothesis profiles (select with --hypothesis-profile NAME); see tests/test_kill_anywhere.py
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("quick", max_examples=2, deadline=None, database=None)
+    _hypothesis_settings.register_profile("reliability", max_examples=25, deadline=None, database=None)
+    _hypothesis_settings.register_profile("reliability-long", max_examples=250, deadline=None, database=None)
+    _hypothesis_settings.load_profile("quick")
+except ImportError:  # pragma: no cover - hypothesis is in the dev extra
+    pass
+
 MINI_LEVELS = (500, 850, 1000)
 MINI_SURFACE = ("u10m", "v10m", "t2m", "msl")
 MINI_UPPER = ("z", "q", "u", "v", "t")

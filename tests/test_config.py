@@ -34,7 +34,9 @@ def test_valid_config_and_relative_paths(tmp_path):
     cfg = load_config(path, ExperimentConfig)
     assert cfg.name == "demo" and cfg.cycle_time == timedelta(hours=12)
     assert cfg.data.path == (tmp_path / "stores" / "era5.zarr").resolve()  # relative to the YAML file
-    assert load_config(_write(tmp_path, "", "empty.yaml"), ExperimentConfig).data == DataConfig()
+    assert load_config(_write(tmp_path, "data: {}\n", "default.yaml"), ExperimentConfig).data == DataConfig()
+    with pytest.raises(ConfigError, match=r"empty\.yaml: data: required key is missing"):  # never a silent nature run
+        load_config(_write(tmp_path, "", "empty.yaml"), ExperimentConfig)
 
 
 def test_unknown_key_names_file_and_key_path(tmp_path):
@@ -51,7 +53,7 @@ def test_wrong_type_names_key(tmp_path):
         load_config(path, ExperimentConfig)
     msg = _one_line(err)
     assert msg.startswith(f"{path}: ") and "seed: Input should be a valid integer" in msg and "data.source:" in msg
-    bad_duration = _write(tmp_path, "cycle_time: 6x\n", "dur.yaml")
+    bad_duration = _write(tmp_path, "data: {}\ncycle_time: 6x\n", "dur.yaml")
     with pytest.raises(ConfigError, match=r"dur.yaml: cycle_time: .*expected a duration like '6h'"):
         load_config(bad_duration, ExperimentConfig)
 

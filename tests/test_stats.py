@@ -153,9 +153,19 @@ def test_cache_computes_once_then_reads(tmp_path, monkeypatch):
         load_or_compute_norm_stats(src, diff_hours=12, progress=False)
     with pytest.raises(AssertionError, match="recomputed"):
         load_or_compute_norm_stats(src, refresh=True, progress=False)
-    write_mini_store(store.path)  # the store changed: its signature changes the key
+    write_mini_store(store.path)  # rewritten with the same content: the content key is the same
+    load_or_compute_norm_stats(Wb2ZarrSource(store.path, layout=store.layout, span="train"), progress=False)
+    change_one_value(store.path / "2m_temperature", 250.0)  # the data changed, its metadata did not
     with pytest.raises(AssertionError, match="recomputed"):
         load_or_compute_norm_stats(Wb2ZarrSource(store.path, layout=store.layout, span="train"), progress=False)
+
+
+def change_one_value(array_path: Path, value: float) -> None:
+    """Set the first element of a Zarr array in place (its chunk file changes, metadata does not)."""
+    import zarr
+
+    a = zarr.open_array(str(array_path), mode="r+")
+    a[(0,) * a.ndim] = value
 
 
 def test_climatology_is_time_mean_and_cached(mini_wb2_store):

@@ -3,7 +3,9 @@
 Sub-commands are declared here (arguments only); their handlers live in the modules that own the
 work and are imported lazily (``"module:function"``) so that ``aivarda --help`` stays fast. A handler
 takes the parsed ``argparse.Namespace`` and returns an exit code (``None`` means 0). Any
-:class:`~aivarda.errors.AivardaError` becomes one line on stderr and exit status 2.
+:class:`~aivarda.errors.AivardaError` becomes one line on stderr and exit status 2; so do an
+``OSError`` (permission denied, disk full, a file where a folder was expected) and a
+``UnicodeDecodeError`` (a binary file given as text) that escape a handler.
 """
 
 from __future__ import annotations
@@ -180,6 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(args)
     except AivardaError as exc:
         print(f"aivarda: error: {exc}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:  # a binary file where text was expected
+        print(f"aivarda: error: a file is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permission denied, disk full, a folder where a file was expected, ...
+        if isinstance(exc, BrokenPipeError):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"aivarda: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aivarda: interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aivarda.errors import ConfigError
 
@@ -74,7 +74,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file (byte {exc.start} cannot be decoded)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -132,6 +134,28 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Hours = Annotated[float, BeforeValidator(duration_hours)]
 """A config field given like :data:`Duration` → float hours."""
 
+def check_name(name: str) -> str:
+    """``name`` if it can be used as one component of a file name, else ``ValueError``.
+
+    Names of experiments, models, statistics and runs become parts of paths
+    (``$AIVARDA_HOME/b/genbe_<name>.pt``, ``<report>/increment_<name>_z500.png``); a name with a
+    path separator, ``..``, a leading dot (hidden or relative), a NUL or control character, or an
+    empty name could write outside the intended folder and is refused.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a name must not be empty")
+    bad = [c for c in ("/", "\\", "\0") if c in name] + [c for c in name if ord(c) < 32]
+    if bad:
+        raise ValueError(f"name {name!r} must not contain path separators or control characters")
+    if ".." in name or name.startswith("."):
+        raise ValueError(f"name {name!r} must not contain '..' or start with '.' (it is used in file names)")
+    return name
+
+
+SafeName = Annotated[str, AfterValidator(check_name)]
+"""A name that becomes part of a file name: no path separator, no ``..``, no leading dot, not empty
+(:func:`check_name`)."""
+
 
 class DataConfig(StrictModel):
     """Where the truth comes from: the embedded nature run or a WeatherBench2-layout Zarr store."""
@@ -148,9 +172,12 @@ class DataConfig(StrictModel):
 class ExperimentConfig(StrictModel):
     """Skeleton of a cycling experiment. Sections are added by the components that own them."""
 
-    name: str = "experiment"
+    name: SafeName = "experiment"
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(
+        description="required: where the truth comes from ({source: nature_run} or {source: zarr, path: ...}); "
+        "an empty config must not silently start generating the nature run"
+    )
     start_time: datetime | None = None
     end_time: datetime | None = None
     cycle_time: Duration = timedelta(hours=6)

@@ -67,6 +67,14 @@ class NormStats:
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: not a valid statistics file ({type(exc).__name__}: {exc})") from None
 
+    def nonfinite_channels(self) -> list[str]:
+        """Channels whose mean, std or difference statistics are NaN/Inf."""
+        table = torch.stack([self.mean, self.std, self.diff_mean, self.diff_std])
+        return [c for c, ok in zip(self.channels, torch.isfinite(table).all(0).tolist(), strict=True) if not ok]
+
+    def finite(self) -> bool:
+        return not self.nonfinite_channels()
+
     def select(self, names: tuple[str, ...] | list[str]) -> NormStats:
         """The statistics of a subset of channels, in the given order."""
         missing = [n for n in names if n not in self.channels]

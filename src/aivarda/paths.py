@@ -27,3 +27,4 @@ def expand_path(path: str | Path) -> Path:
     """``${AIVARDA_HOME}`` → :func:`aivarda_home`, ``${AIVARDA_ASSETS}`` → :data:`ASSETS`, ``~`` → home."""
     text = str(path).replace("${AIVARDA_HOME}", str(aivarda_home())).replace("${AIVARDA_ASSETS}", str(ASSETS))
     return Path(text).expanduser()
+

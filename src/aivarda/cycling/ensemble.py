@@ -7,9 +7,13 @@ forecasts valid at ``t_m``:
     x_k(m) = M^k(x_a(m − k)),    k = 1 … K     (leads 6 … 48 h for 6-hour cycles, K = 8)
 
 and the lead-1 member ``x_1(m)`` is the background. A member is stored when it is forecast, as
-``ENSEMBLE_DIR/valid_MMMMM/lead_KK.npy`` (``float32 [C, H, W]``, written atomically), and the
-directory of cycle ``m`` is removed once cycle ``m`` is committed: at most ``K(K+1)/2`` states are
-on disk, and only the background (or the members, for an ensemble B) are in memory.
+``ENSEMBLE_DIR/valid_MMMMM/lead_KK.npy`` (``float32 [C, H, W]``, written atomically, with a SHA-256
+sidecar ``lead_KK.npy.sha256``), and the directory of cycle ``m`` is removed once cycle ``m + 1`` is
+committed (so that a resume can redo cycle ``m``; all are removed after the last cycle): at most
+``K(K+1)/2 + K`` states are on disk, and only the background (or the members, for an ensemble B)
+are in memory. A member read back is verified against its checksum and, when the ensemble knows
+the channel layout, checked finite and inside the plausible range of each variable
+(:func:`aivarda.ranges.check_state`).
 
 Before the first cycle there are no analyses; the members come from the truth by time-lagging
 (the seeds' ``gap``): the "analysis" at the virtual cycle ``−j`` (``j = 1 … K``) is
@@ -27,9 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aivarda.channels import ChannelLayout
 from aivarda.errors import DataError
-from aivarda.files import atomic_write
+from aivarda.files import atomic_write, checksum_file, verify_checksum, write_checksum
 from aivarda.models.base import ForecastModel, iterate_trajectory
+from aivarda.ranges import check_state
 
 
 def forecast_trajectory(model: ForecastModel, x0: Tensor, n_cycles: int, steps_per_cycle: int) -> Tensor:
@@ -42,12 +48,14 @@ def forecast_trajectory(model: ForecastModel, x0: Tensor, n_cycles: int, steps_p
 class LaggedEnsemble:
     """Time-lagged members on disk for cycles ``0 … n_cycles − 1`` (see the module docstring)."""
 
-    def __init__(self, directory: str | Path, members: int, n_cycles: int) -> None:
+    def __init__(self, directory: str | Path, members: int, n_cycles: int,
+                 layout: ChannelLayout | None = None) -> None:
         if members < 1:
             raise ValueError("LaggedEnsemble: members must be >= 1")
         self.directory = Path(directory)
         self.members = int(members)
         self.n_cycles = int(n_cycles)
+        self.layout = layout
 
     def _file(self, valid: int, lead: int) -> Path:
         return self.directory / f"valid_{valid:05d}" / f"lead_{lead:02d}.npy"
@@ -59,7 +67,23 @@ class LaggedEnsemble:
             valid = origin + k
             if 0 <= valid < self.n_cycles:
                 array = trajectory[k - 1].detach().to("cpu", torch.float32).numpy()
-                atomic_write(self._file(valid, k), lambda tmp, a=array: np.save(tmp, a))
+                path = atomic_write(self._file(valid, k), lambda tmp, a=array: np.save(tmp, a))
+                write_checksum(path)
+
+    def _load(self, path: Path, cycle: int) -> Tensor:
+        """A member read back: checksum verified (when it has one), finite, plausible."""
+        what = f"ensemble member of cycle {cycle}"
+        if checksum_file(path).is_file():
+            verify_checksum(path, what)
+        try:
+            x = torch.from_numpy(np.load(path))
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: {what} is damaged ({exc})") from None
+        if self.layout is not None:
+            return check_state(x, self.layout, f"{path}: {what}")
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"{path}: {what} holds NaN/Inf values")
+        return x
 
     def leads(self, cycle: int) -> list[int]:
         """Leads (in cycles) of the members stored for ``cycle``."""
@@ -71,19 +95,21 @@ class LaggedEnsemble:
         path = self._file(cycle, 1)
         if not path.is_file():
             raise DataError(f"{path}: background of cycle {cycle} is missing from the ensemble store")
-        return torch.from_numpy(np.load(path))
+        return self._load(path, cycle)
 
     def ensemble(self, cycle: int) -> Tensor:
         """All members of ``cycle`` by lead: ``[K, C, H, W]``."""
         leads = self.leads(cycle)
         if len(leads) != self.members:
             raise DataError(f"{self.directory}: cycle {cycle} has members of leads {leads}, expected 1…{self.members}")
-        return torch.stack([torch.from_numpy(np.load(self._file(cycle, k))) for k in leads])
+        return torch.stack([self._load(self._file(cycle, k), cycle) for k in leads])
 
     def discard_through(self, cycle: int) -> None:
-        """Remove the members of cycles ``≤ cycle`` (no longer needed once ``cycle`` is committed)."""
+        """Once ``cycle`` is committed: remove the members of cycles ``< cycle`` (those of ``cycle``
+        are kept so that a resume can redo it), or all of them after the last cycle."""
+        last = cycle if cycle >= self.n_cycles - 1 else cycle - 1
         for folder in self.directory.glob("valid_*"):
-            if int(folder.name.split("_")[1]) <= cycle:
+            if int(folder.name.split("_")[1]) <= last:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def initialise(self, model: ForecastModel, truth: Tensor, gap: int, steps_per_cycle: int) -> None:

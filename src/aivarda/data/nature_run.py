@@ -50,7 +50,7 @@ from pydantic import Field, field_validator, model_validator
 from aivarda.channels import ChannelLayout
 from aivarda.config import StrictModel
 from aivarda.errors import AivardaError, DataError
-from aivarda.files import atomic_write
+from aivarda.files import atomic_write, remove_dead_tmp_siblings
 from aivarda.grid import Grid
 from aivarda.paths import ASSETS, aivarda_home
 
@@ -489,6 +489,7 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
     if out.exists() and not force:
         raise AivardaError(f"{out}: already exists; pass --force (force=True) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_tmp_siblings(out)  # partial stores of killed generators
     times = cfg.output_times()
     tmp = _tmp_sibling(out)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -383,7 +384,11 @@ class Wb2ZarrSource:
         out = np.empty((time_index.size, len(self.layout), *self.grid.shape), dtype=np.float32)
         n_surface, n_levels = len(self.layout.surface), len(self.layout.levels)
         for k, name in enumerate(self._variables):
-            values = np.asarray(subset[name].values, dtype=np.float32)
+            try:
+                values = np.asarray(subset[name].values, dtype=np.float32)
+            except Exception as exc:  # noqa: BLE001 - a damaged chunk (truncated, bad header) is a data error
+                raise DataError(self._unreadable(name, time_index, exc)) from None
+            self._check_finite(name, k, values, time_index)
             if k < n_surface:
                 out[:, k] = values
             else:
@@ -394,6 +399,117 @@ class Wb2ZarrSource:
         if self._lon_order is not None:
             out = out[..., self._lon_order]
         return out
+
+
+    # ------------------------------------------------------------------ damage
+    def chunk_file(self, name: str, index: Sequence[int]) -> Path:
+        """The file of the chunk holding element ``index`` (store order) of variable ``name``
+        (Zarr v2 keys ``i.j.k`` or ``i/j/k``, Zarr v3 default keys ``c/i/j/k``)."""
+        folder = self.path / name
+        chunks = self._ds[name].encoding.get("chunks") or tuple(1 for _ in index)
+        ids = [str(int(i) // max(int(c), 1)) for i, c in zip(index, chunks, strict=False)]
+        if (folder / ".zarray").is_file():
+            sep = json.loads((folder / ".zarray").read_text()).get("dimension_separator") or "."
+            return folder / sep.join(ids)
+        return folder.joinpath("c", *ids)
+
+    def _time_chunk_files(self, name: str, t: int) -> list[Path]:
+        """Every chunk file of variable ``name`` that holds store time index ``t``."""
+        folder = self.path / name
+        head = self.chunk_file(name, (t,))  # the time part of the key
+        if head.parent == folder and not head.is_dir():  # Zarr v2 with "." separators: ``t.l.y.x``
+            return sorted(p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0] == head.name)
+        if head.is_dir():
+            return sorted(p for p in head.rglob("*") if p.is_file())
+        return [head] if head.is_file() else []
+
+    def _chunk_files_by_time(self, name: str) -> dict[str, list[Path]]:
+        """Every chunk file of variable ``name`` by the time part of its key (one listing)."""
+        folder = self.path / name
+        head = self.chunk_file(name, (0,))
+        out: dict[str, list[Path]] = {}
+        if head.parent == folder and (folder / ".zarray").is_file() and not head.is_dir():  # v2 "t.l.y.x"
+            for entry in os.scandir(folder):
+                if entry.is_file() and not entry.name.startswith("."):
+                    out.setdefault(entry.name.split(".")[0], []).append(Path(entry.path))
+        elif head.parent.is_dir():  # v2 "t/l/y/x" or v3 "c/t/l/y/x"
+            for entry in os.scandir(head.parent):
+                if entry.is_dir():
+                    out[entry.name] = [p for p in Path(entry.path).rglob("*") if p.is_file()]
+                elif entry.is_file() and not entry.name.startswith(".") and entry.name != "zarr.json":
+                    out[entry.name] = [Path(entry.path)]
+        return out
+
+    def content_hash(self, times: Sequence[TimeLike] | np.ndarray, max_read: int = 8) -> str:
+        """16 hex digits of a SHA-256 over the chunk files the states at ``times`` are read from:
+        the name and size of every one, and the bytes of those of at most ``max_read`` evenly spread
+        times. A key of caches that changes when the data do (a repaired or rewritten chunk), unlike
+        modification times, and costs a listing plus a few chunk reads even for ERA5 at 0.25°."""
+        selection = {"span": self.span, "channels": list(self.layout.names),
+                     "time_range": None if self._time_range is None else [str(t) for t in self._time_range]}
+        h = hashlib.sha256(json.dumps(selection, sort_keys=True).encode())
+        store_index = np.unique(self.time_indices(times))
+        read = set(store_index[np.unique(np.linspace(0, store_index.size - 1, min(max_read, store_index.size)).round().astype(int))].tolist()) \
+            if store_index.size else set()
+        for name in self._variables:
+            chunks = self._ds[name].encoding.get("chunks") or (1,)
+            by_time = self._chunk_files_by_time(name)
+            seen: set[str] = set()
+            for t in store_index:
+                key = str(int(t) // max(int(chunks[0]), 1))
+                if key in seen:
+                    continue
+                seen.add(key)
+                for f in sorted(by_time.get(key, [])):
+                    h.update(f"{f.relative_to(self.path)}:{f.stat().st_size}\n".encode())
+                    if int(t) in read:
+                        h.update(f.read_bytes())
+        return h.hexdigest()[:16]
+
+    def _channel_name(self, k: int, level_position: int) -> str:
+        n_surface = len(self.layout.surface)
+        if k < n_surface:
+            return self.layout.surface[k]
+        return f"{self.layout.upper_air[k - n_surface]}{self.layout.levels[level_position]}"
+
+    def _store_index(self, name: str, time_index: np.ndarray, element: Sequence[int]) -> list[int]:
+        """Store indices of ``element`` of the subset read for ``time_index`` (level selection undone)."""
+        out = [int(time_index[element[0]])]
+        if self._ds[name].ndim == 4:
+            lev = int(element[1])
+            out.append(int(self._level_index[lev]) if self._level_index is not None else lev)
+            out += [int(i) for i in element[2:]]
+        else:
+            out += [int(i) for i in element[1:]]
+        return out
+
+    def _check_finite(self, name: str, k: int, values: np.ndarray, time_index: np.ndarray) -> None:
+        """One DataError line naming variable, channel, time and chunk file of the first NaN/Inf."""
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            return
+        first = np.argwhere(bad)[0]
+        index = self._store_index(name, time_index, first)
+        chunk = self.chunk_file(name, index)
+        where = f"chunk {chunk.relative_to(self.path)}" + ("" if chunk.exists() else " (missing: read as the fill value)")
+        channel = self._channel_name(k, int(first[1]) if values.ndim == 4 else 0)
+        raise DataError(
+            f"{self.path}: {int(bad.sum())} NaN/Inf values in {name} ({channel} first) at "
+            f"{format_time(self._store_times[index[0]])}, {where}"
+        )
+
+    def _unreadable(self, name: str, time_index: np.ndarray, exc: Exception) -> str:
+        """The message for a chunk that cannot be decoded: finds it by reading one time at a time."""
+        for t in time_index:
+            try:
+                self._ds[name].isel(time=int(t)).values  # noqa: B018 - read to find the damaged chunk
+            except Exception:  # noqa: BLE001
+                files = self._time_chunk_files(name, int(t))
+                sizes = ", ".join(f"{f.relative_to(self.path)} ({f.stat().st_size} bytes)" for f in files[:3])
+                return (f"{self.path}: cannot decode {name} at {format_time(self._store_times[int(t)])}: "
+                        f"damaged chunk in {sizes or 'a missing chunk file'} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        return f"{self.path}: cannot read {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def open_source(data_cfg: DataConfig, span: str | None = None) -> Wb2ZarrSource:

@@ -11,8 +11,9 @@ The state statistics normalise inputs; the difference statistics normalise the r
 ``Δ``-hour forecast model predicts (6 h for the cycling model, 1 h for the 4DVar window model).
 ``span`` records the first and last time the statistics read (``t_1`` … ``t_N + Δ``; ``None`` in
 files written before it was recorded).
-Results are cached under ``$AIVARDA_HOME/stats/`` keyed by the store path, its modification
-signature, the time selection, the channels and Δ: computed once, then read.
+Results are cached under ``$AIVARDA_HOME/stats/`` keyed by the store path, the time selection,
+the channels, Δ and a SHA-256 of the chunk files the sample states are read from (content, not
+modification times): computed once, then read. Non-finite statistics are never cached nor used.
 """
 
 from __future__ import annotations
@@ -103,6 +104,27 @@ def difference_pairs(times: np.ndarray, diff_hours: float) -> np.ndarray:
     return times[np.isin(times + delta, times)]
 
 
+def _delta(diff_hours: float) -> np.timedelta64:
+    return np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
+
+
+def sample_times(
+    source: FieldSource, diff_hours: float, max_samples: int | None, require_pairs: bool = True
+) -> tuple[np.ndarray, bool]:
+    """The sample times ``t_k`` of :func:`summarise` (starts of ``diff_hours`` pairs, evenly spread)
+    and whether they are pairs."""
+    starts = difference_pairs(source.times, diff_hours)
+    has_pairs = starts.size > 0
+    if not has_pairs:
+        if require_pairs:
+            raise DataError(
+                f"{getattr(source, 'path', 'source')}: no two times {diff_hours:g} h apart among its "
+                f"{source.times.size} times; cannot compute {diff_hours:g}-hour difference statistics"
+            )
+        starts = source.times
+    return starts[_evenly(starts.size, max_samples)], has_pairs
+
+
 def summarise(
     source: FieldSource,
     diff_hours: float = 6,
@@ -163,11 +185,14 @@ def compute_norm_stats(
     return summarise(source, diff_hours, max_samples, progress).stats
 
 
-def _cache_file(source: FieldSource, kind: str, **params: Any) -> Path | None:
-    token = getattr(source, "cache_token", None)
-    if not callable(token):
+def _cache_file(source: FieldSource, kind: str, times: np.ndarray, **params: Any) -> Path | None:
+    """The cache file of statistics ``kind`` computed from the states at ``times``: keyed on the
+    content of the chunks they are read from (``source.content_hash``), so a rewritten or repaired
+    store never reuses statistics of its old content."""
+    content = getattr(source, "content_hash", None)
+    if not callable(content):
         return None
-    key = hashlib.sha1(json.dumps({"source": token(), "kind": kind, **params}, sort_keys=True).encode())
+    key = hashlib.sha1(json.dumps({"content": content(times), "kind": kind, **params}, sort_keys=True).encode())
     stem = Path(getattr(source, "path", "source")).name.removesuffix(".zarr")
     return cache_dir("stats") / f"{kind}_{stem}_{key.hexdigest()[:16]}"
 
@@ -181,13 +206,18 @@ def load_or_compute_norm_stats(
 ) -> NormStats:
     """:func:`compute_norm_stats`, cached under ``$AIVARDA_HOME/stats`` (sources with a
     ``cache_token()``, e.g. :class:`~aivarda.data.sources.Wb2ZarrSource`; others are computed)."""
-    base = _cache_file(source, "norm", diff_hours=float(diff_hours), max_samples=max_samples)
+    starts, _ = sample_times(source, diff_hours, max_samples)
+    times = np.concatenate([starts, starts + _delta(diff_hours)])
+    base = _cache_file(source, "norm", times, diff_hours=float(diff_hours), max_samples=max_samples)
     path = None if base is None else base.with_suffix(".json")
     if path is not None and path.is_file() and not refresh:
         stats = NormStats.load(path)
-        if stats.channels == tuple(source.layout.names):
+        if stats.channels == tuple(source.layout.names) and stats.finite():
             return stats
     stats = compute_norm_stats(source, diff_hours, max_samples, progress)
+    if not stats.finite():
+        raise DataError(f"{getattr(source, 'path', 'source')}: the statistics are not finite in channels "
+                        f"{stats.nonfinite_channels()[:5]}; refusing to use or cache them")
     if path is not None:
         stats.save(path)
     return stats
@@ -205,13 +235,13 @@ def climatology(
     ``clim = (1/N) Σ_k x(t_k)`` over at most ``max_samples`` evenly spread times; cached like the
     normalisation statistics.
     """
-    base = _cache_file(source, "clim", max_samples=max_samples)
+    times = source.times[_evenly(source.times.size, max_samples)]
+    base = _cache_file(source, "clim", times, max_samples=max_samples)
     path = None if base is None else base.with_suffix(".npy")
     if path is not None and path.is_file() and not refresh:
         clim = np.load(path)
-        if clim.shape == (len(source.layout), *source.grid.shape):
+        if clim.shape == (len(source.layout), *source.grid.shape) and np.isfinite(clim).all():
             return torch.from_numpy(clim)
-    times = source.times[_evenly(source.times.size, max_samples)]
     total = torch.zeros((len(source.layout), *source.grid.shape), dtype=torch.float64)
     batches = range(0, times.size, batch_size)
     for b in tqdm(batches, desc="climatology", unit="batch", disable=not progress, leave=False):

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from aivarda.errors import ConfigError, DataError
+from aivarda.files import check_writable_dir, read_checked_json
+from aivarda.config import check_name
 from aivarda.evaluation.bootstrap import (
     DEFAULT_BLOCK_LENGTH,
     DEFAULT_CONFIDENCE,
@@ -93,7 +95,7 @@ def load_run(path: str | Path, first_cycles: int | None = None) -> RunData:
     metrics, config = path / "metrics.csv", path / "config.json"
     if not metrics.is_file() or not config.is_file():
         raise DataError(f"{path}: not a run directory of `aivarda run` (no metrics.csv/config.json)")
-    cfg = json.loads(config.read_text())
+    cfg = read_checked_json(config, "the run's configuration", required=False)
     with metrics.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     forecast_rows: list[dict[str, str]] = []
@@ -104,7 +106,12 @@ def load_run(path: str | Path, first_cycles: int | None = None) -> RunData:
         rows = [r for r in rows if int(r["cycle"]) < first_cycles]
         forecast_rows = [r for r in forecast_rows if int(r["cycle"]) < first_cycles]
     method = cfg.get("assimilation", {}).get("method", rows[0]["method"] if rows else "?")
-    return RunData(path, str(cfg.get("name") or path.name), method, rows, forecast_rows, cfg)
+    name = str(cfg.get("name") or path.name)
+    try:
+        check_name(name)  # the name becomes part of figure file names
+    except ValueError as exc:
+        raise DataError(f"{config}: name: {exc}") from None
+    return RunData(path, name, method, rows, forecast_rows, cfg)
 
 
 # ------------------------------------------------------------------------------ aggregation
@@ -501,11 +508,12 @@ def main(args: argparse.Namespace) -> int:
     if block_length < 1:
         raise ConfigError(f"--block-length: expected a positive number of cycles, got {block_length}")
     runs = [load_run(p, args.first_cycles) for p in args.run_dirs]
+    out = Path(args.out) if args.out is not None else Path(args.run_dirs[0]).resolve().parent / "report"
+    check_writable_dir(out, "--out (the figure folder)")  # before the comparisons and figures
     comparisons = [compare_runs(runs, spec, block_length) for spec in (getattr(args, "compare", None) or [])]
     for c in comparisons:
         for w in c["warnings"]:
             print(f"aivarda report: warning: --compare {c['a']}:{c['b']}: {w}", file=sys.stderr)
-    out = Path(args.out) if args.out is not None else Path(args.run_dirs[0]).resolve().parent / "report"
     figures = plot_report(runs, out)
     report = build_report(runs, figures, comparisons)
     if args.json:

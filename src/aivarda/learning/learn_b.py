@@ -20,6 +20,7 @@ from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
 from aivarda.config import load_config
 from aivarda.errors import DataError
+from aivarda.files import check_writable_file
 from aivarda.learning.nmc import (
     NmcSamples,
     evenly,
@@ -92,8 +93,11 @@ def default_samples_path(cfg: LearnBConfig) -> Path:
 
 
 def _check_new(path: Path, force: bool) -> None:
-    if path.exists() and not force:
+    """Refuse, before anything is computed, an existing output (without ``--force``), a folder, or
+    a file that cannot be written."""
+    if path.exists() and not path.is_dir() and not force:
         raise DataError(f"{path}: exists; choose another --out or pass --force to replace it")
+    check_writable_file(path, "the output file")
 
 
 def nmc_main(args: argparse.Namespace) -> int:
@@ -104,6 +108,7 @@ def nmc_main(args: argparse.Namespace) -> int:
         _check_new(out, args.force)
     else:
         out = default_samples_path(cfg)
+        check_writable_file(out, "the sample cache")
         if out.is_file() and not args.force:
             print(f"NMC samples already cached: {out} ({len(NmcSamples.load(out))} samples)")
             return 0

@@ -53,6 +53,7 @@ from aivarda.data.sources import (
 )
 from aivarda.data.stats import load_or_compute_norm_stats
 from aivarda.errors import ConfigError, DataError
+from aivarda.files import check_writable_dir
 from aivarda.models.checkpoint import (
     build_forecast_model,
     checkpoint_dict,
@@ -525,6 +526,7 @@ def main(args: argparse.Namespace) -> int:
         cfg.max_steps = args.max_steps
     if getattr(args, "out", None):
         cfg.output_dir = Path(args.out).resolve()
+    check_writable_dir(cfg.output_dir, "output_dir")  # before any training, not at the first checkpoint
     summary = train(
         cfg,
         resume=bool(getattr(args, "resume", False)),

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from aivarda.config import DataConfig, Hours, StrictModel, load_config
+from aivarda.config import DataConfig, Hours, SafeName, StrictModel, load_config
 from aivarda.models.linear_prior import LinearPriorConfig
 from aivarda.paths import expand_path
 
@@ -101,7 +101,7 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     """``aivarda train-model CONFIG``."""
 
-    name: str = "model"
+    name: SafeName = "model"
     seed: int = 0
     data: TrainDataConfig
     model: ModelSpec

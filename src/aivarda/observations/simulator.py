@@ -46,7 +46,14 @@ def read_stations(path: Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise ObservationError(f"{path}: stations file not found")
-    with path.open(newline="") as f:
+    try:
+        return _parse_stations(path)
+    except UnicodeDecodeError as exc:
+        raise ObservationError(f"{path}: not a text (UTF-8) CSV file (byte {exc.start} cannot be decoded)") from None
+
+
+def _parse_stations(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         if "lat" not in header or "lon" not in header:
@@ -72,8 +79,8 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     path = Path(path)
     try:
         mask = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ObservationError(f"{path}: cannot read the observation mask ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise ObservationError(f"{path}: cannot read the observation mask ({type(exc).__name__}: {exc or 'empty file'})") from None
     if mask.shape != shape:
         raise ObservationError(f"{path}: observation mask has shape {mask.shape}, expected the grid's {shape}")
     if mask.dtype != bool:

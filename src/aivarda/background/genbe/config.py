@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from aivarda.config import DataConfig, Duration, StrictModel
+from aivarda.config import DataConfig, Duration, SafeName, StrictModel
 from aivarda.grid import Grid
 from aivarda.models.config import ModelConfig, resolve_path
 
@@ -48,6 +48,8 @@ class NmcSection(StrictModel):
             raise ValueError("kind 'forecast' needs a 'model' section (or use kind: lagged_truth)")
         if self.long_lead <= self.short_lead:
             raise ValueError("long_lead must be longer than short_lead")
+        if self.short_lead <= timedelta(0) or self.lag <= timedelta(0):
+            raise ValueError("short_lead and lag must be positive durations (e.g. '24h')")
         return self
 
 
@@ -66,7 +68,7 @@ class GenBeSection(StrictModel):
 class LearnBConfig(StrictModel):
     """``aivarda learn-b nmc|genbe CONFIG``."""
 
-    name: str = "genbe"
+    name: SafeName = "genbe"
     data: DataConfig = Field(default_factory=DataConfig)
     nmc: NmcSection = Field(default_factory=lambda: NmcSection(kind="lagged_truth"))
     genbe: GenBeSection = Field(default_factory=GenBeSection)
