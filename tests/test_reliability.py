@@ -470,3 +470,56 @@ def test_partial_store_of_a_killed_nature_run_is_removed(tmp_path, monkeypatch) 
     with pytest.raises(RuntimeError, match="stop"):
         nature_run.generate_nature_run(nature_run.NatureRunConfig.tiny(), out, progress=False)
     assert not stale.exists() and live.exists()
+
+
+# ---------------------------------------------------------------- checkpoints, device, lag (one line each)
+def _small_checkpoint(tmp_path):
+    from aivarda.channels import ChannelLayout
+    from aivarda.grid import Grid
+    from aivarda.models.checkpoint import build_forecast_model, checkpoint_dict
+    from aivarda.models.normalised import identity_stats
+
+    layout = ChannelLayout(("t2m",), ("z",), (500,))
+    model = build_forecast_model({"name": "sfno", "embed_dim": 4, "num_layers": 1}, identity_stats(layout.names),
+                                 Grid.gaussian(8, 16), layout, 6.0)
+    return checkpoint_dict(model)
+
+
+@pytest.mark.parametrize("damage", ["other_size", "no_state_dict"])
+def test_checkpoint_of_another_size_or_without_weights_is_one_line(tmp_path, capsys, damage) -> None:
+    from aivarda.cli import main
+    from aivarda.models.checkpoint import save_checkpoint
+
+    payload = _small_checkpoint(tmp_path)
+    if damage == "other_size":
+        payload["architecture"] = {**payload["architecture"], "embed_dim": 8}
+    else:
+        payload.pop("state_dict")
+    path = save_checkpoint(tmp_path / "m.pt", payload)
+    assert main(["eval-model", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = "weights do not fit" if damage == "other_size" else "without ['state_dict']"
+    assert len(err) == 1 and str(path) in err[0] and expected in err[0]
+
+
+def test_device_cuda_without_a_gpu_is_a_config_error(monkeypatch) -> None:
+    import torch
+
+    from aivarda.config import validate
+    from aivarda.cycling.config import CyclingConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = validate(CyclingConfig, {"data": {"source": "nature_run"}, "start_time": "2000-08-01T00:00",
+                                   "end_time": "2000-08-01T06:00", "device": "cuda"}, "exp.yaml")
+    with pytest.raises(ConfigError, match="device: cuda requested but no CUDA GPU"):
+        cfg.torch_device()
+
+
+def test_assimilate_lag_of_zero_is_a_config_error(tmp_path) -> None:
+    from aivarda.assimilate import AnalyseConfig
+    from aivarda.config import load_config
+
+    config = tmp_path / "a.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": "nature_run"}, "background": {"lag": "0h"}}))
+    with pytest.raises(ConfigError, match=r"a\.yaml: background\.lag: Value error, must be positive"):
+        load_config(config, AnalyseConfig)

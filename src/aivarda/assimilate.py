@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from aivarda.assimilation.analysis import analyse_window
@@ -60,6 +60,13 @@ class BackgroundConfig(StrictModel):
         default="lagged_truth", description="the truth `lag` before the window start (a persistence forecast)"
     )
     lag: Duration = Field(default=timedelta(hours=48), description="age of the lagged truth, e.g. '48h'")
+
+    @field_validator("lag")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be positive, e.g. '48h'")
+        return v
 
 
 class AnalyseConfig(DAExperimentConfig):

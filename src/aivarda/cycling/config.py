@@ -106,6 +106,8 @@ class CyclingConfig(DAExperimentConfig):
 
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device: cuda requested but no CUDA GPU is available; use device: auto or cpu")
         return self.device
 
     def cycle_times(self) -> np.ndarray:

@@ -51,6 +51,7 @@ from aivarda.evaluation.provenance import code_provenance
 from aivarda.files import atomic_write, atomic_write_json
 from aivarda.models.base import iterate_trajectory
 from aivarda.provenance import TimeSpan
+from aivarda.ranges import check_state
 from aivarda.timeaxis import hours, steps_between, to_timedelta64
 
 Hook = Callable[[int, str], None]
@@ -134,7 +135,7 @@ class CyclingRunner:
         if not metadata.is_file():  # the code, host, store and leakage record of the run's first start
             atomic_write_json(metadata, {**code_provenance(), "store_fingerprint": self.provenance["store_fingerprint"],
                                          "store_content": self.provenance["store_content"], "leakage": self.provenance})
-        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles)
+        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles, layout=self.layout)
         attrs = {"source": "aivarda cycling", "experiment": cfg.name, "method": self.method.name,
                  "aivarda_grid": self.grid.to_dict()}
         self.analyses = StateSeries(self.out / "analyses.zarr", self.grid, self.layout, self.times, attrs) \
@@ -200,6 +201,7 @@ class CyclingRunner:
         wa = analyse_window(self.method, x_b, obs, self.geometry, cfg.observations, parts.transform,
                             parts.background_std, window, parts.window_model, members=members)
         x_a = wa.result.x_a.detach()
+        check_state(x_a, self.layout, f"analysis of cycle {n} ({np.datetime_as_string(t, 'm')})")
         wall["minimisation"] += wallclock.perf_counter() - tic
         self.hook(n, "analysis")
 
@@ -257,6 +259,7 @@ class CyclingRunner:
             tic = wallclock.perf_counter()
             with torch.no_grad():
                 x = next(steps)
+            check_state(x, self.layout, f"forecast from {np.datetime_as_string(t, 'm')} at lead {k} cycles")
             wall["forecast"] += wallclock.perf_counter() - tic
             if k <= K:
                 members.append(x)

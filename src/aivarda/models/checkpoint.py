@@ -99,8 +99,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return load_torch_file(path, FORMAT, VERSION, "forecast-model checkpoint", "train one with `aivarda train-model`")
 
 
-def model_from_checkpoint(payload: dict[str, Any], *, checkpoint: bool = False) -> NeuralForecastModel:
-    """Rebuild the model of a checkpoint dict (CPU, eval mode)."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _load_weights(module: torch.nn.Module, state: Any, source: str) -> None:
+    """``module.load_state_dict(state)``; a missing or misshapen state dict is one DataError line."""
+    if not isinstance(state, dict):
+        raise DataError(f"{source}: no state_dict of weights")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise DataError(f"{source}: its weights do not fit the model it describes ({_first_line(exc)})") from None
+
+
+def model_from_checkpoint(
+    payload: dict[str, Any], *, checkpoint: bool = False, source: str = "checkpoint"
+) -> NeuralForecastModel:
+    """Rebuild the model of a checkpoint dict (CPU, eval mode); ``source`` names it in errors."""
+    missing = [k for k in ("grid", "layout", "architecture", "norm_stats", "dt", "state_dict") if k not in payload]
+    if missing:
+        raise DataError(f"{source}: a forecast-model checkpoint without {missing}")
     grid = Grid.from_dict(payload["grid"])
     layout = ChannelLayout.from_dict(payload["layout"])
     model = build_forecast_model(
@@ -113,9 +133,9 @@ def model_from_checkpoint(payload: dict[str, Any], *, checkpoint: bool = False) 
         checkpoint=checkpoint,
         linear_prior=(payload.get("linear_prior") or {}).get("config"),
     )
-    model.net.load_state_dict(payload["state_dict"])
+    _load_weights(model.net, payload["state_dict"], source)
     if model.prior is not None:
-        model.prior.load_state_dict(payload["linear_prior"]["state_dict"])
+        _load_weights(model.prior, payload["linear_prior"].get("state_dict"), f"{source} (linear_prior)")
     model.metadata = payload.get("metadata", {})
     return model.eval()
 
@@ -134,12 +154,15 @@ def _module_model(cfg: ModelConfig) -> NeuralForecastModel:
     else:
         raise ConfigError("model: give 'stats' or 'layout' with 'module' (the number of channels is needed)")
     if cfg.checkpoint is not None:
-        state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and state.get("format") == FORMAT:
+        if not cfg.checkpoint.is_file():
+            raise DataError(f"{cfg.checkpoint}: weights not found (model.checkpoint)")
+        try:
+            state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 — any unreadable file is one user error
+            raise DataError(f"{cfg.checkpoint}: not a readable torch file ({_first_line(exc)})") from None
+        if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-        elif isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        net.load_state_dict(state)
+        _load_weights(net, state, str(cfg.checkpoint))
     return NeuralForecastModel(
         net, stats, float(cfg.dt), grid, layout, residual=cfg.residual, checkpoint=cfg.grad_checkpointing  # type: ignore[arg-type]
     ).eval()
@@ -162,14 +185,15 @@ def load_forecast_model(
         if cfg.module is not None:
             model = _module_model(cfg)
         else:
-            model = model_from_checkpoint(read_checkpoint(cfg.checkpoint), checkpoint=cfg.grad_checkpointing)  # type: ignore[arg-type]
+            model = model_from_checkpoint(read_checkpoint(cfg.checkpoint), checkpoint=cfg.grad_checkpointing,  # type: ignore[arg-type]
+                                          source=str(cfg.checkpoint))
             if cfg.linear_prior_only:
                 if model.prior is None:
                     raise ConfigError(f"linear_prior_only: {cfg.checkpoint} has no linear prior")
                 model.linear_prior_only()
         device = device or cfg.device
     else:
-        model = model_from_checkpoint(read_checkpoint(source))
+        model = model_from_checkpoint(read_checkpoint(source), source=str(source))
     model.requires_grad_(trainable)
     model = model.to(device or "cpu")
     assert isinstance(model, ForecastModel)
