@@ -63,8 +63,10 @@ def test_report_table(two_runs: list[Path], tmp_path: Path, capsys: pytest.Captu
     lines = capsys.readouterr().out.splitlines()
     assert "z500 b/a" in lines[0] and "q500 b/a" in lines[0]
     assert lines[1].split()[:3] == ["none", "none", "2"] and lines[2].split()[:3] == ["3dvar", "3dvar", "2"]
-    assert lines[4].split()[:3] == ["seconds", "per", "cycle"] and "minimisation" in lines[4]
-    assert lines[5].split()[0] == "none" and len(lines[6].split()) == 6
+    # the baselines the runner recorded every cycle, once for the runs' common valid times
+    assert lines[3].split()[:3] == ["climatology", "-", "2"] and lines[4].split()[:3] == ["persistence", "-", "2"]
+    assert lines[6].split()[:3] == ["seconds", "per", "cycle"] and "minimisation" in lines[6]
+    assert lines[7].split()[0] == "none" and len(lines[8].split()) == 6
 
 
 def test_report_on_a_non_run_directory_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
