@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_handler("aivarda.models.evaluate:main"))
 
     # --- background-error statistics ----------------------------------------------------------
-    learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE)").add_subparsers(
+    learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE, VAE)").add_subparsers(
         dest="learn_b_command", metavar="LEARN_B_COMMAND", required=True
     )
     p = learn_b.add_parser("nmc", help="NMC samples (48 h − 24 h forecasts, or the lagged-truth stand-in)")
@@ -147,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.background.genbe.cli:genbe_main"))
+
+    p = learn_b.add_parser(
+        "vae", help="train the VAE-Var background-error autoencoder on NMC samples (multi-GPU: under torchrun)"
+    )
+    p.add_argument("config", type=Path, help="YAML with LearnVaeConfig fields (e.g. configs/learn_b_vae.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    p.add_argument("--samples", type=Path, default=None, help="NMC sample file (default: the config's, or the cache)")
+    p.add_argument("--out", type=Path, default=None, help="override output_dir")
+    p.add_argument("--epochs", type=int, default=None, help="override vae.training.epochs")
+    p.add_argument("--max-steps", type=int, default=None, help="override vae.training.max_steps")
+    p.add_argument("--stop-after", type=int, default=None, help="pause after this many steps in total (resume later)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.background.vae.train:main"))
 
     return parser
 
