@@ -15,8 +15,10 @@ Adam (lr 1e-4), batch 4. The validation loss is the same ELBO on the held-out sa
 
 Distributed: launch the same command with ``torchrun --nproc_per_node N``; as for
 ``aivarda train-model`` the batch is global, each process takes its share of the same seeded
-permutation and only rank 0 writes. ``ε`` of step ``s`` on rank ``k`` is drawn from a generator
-seeded by ``(seed, s, k)``, so a resumed run draws exactly what the uninterrupted one would.
+permutation and only rank 0 writes. The ``ε`` of the global batch of step ``s`` is drawn from a
+generator seeded by ``(seed, s)`` and each process takes its samples' rows, so a run gives the same
+weights (up to reduction order) whatever the number of processes, and a resumed run draws exactly
+what the uninterrupted one would.
 
 Outputs in ``output_dir``: ``last.pt`` (every ``checkpoint_every`` steps and every epoch end, with
 the optimiser state for ``--resume``), ``best.pt`` (lowest validation loss), ``train_log.jsonl``.
@@ -155,7 +157,10 @@ class VaeTrainer:
         return vae_loss(x.to(dev), x_hat, mu, logvar, self.t.sigma)
 
     def train_step(self, idx: list[int]) -> tuple[float, float]:
-        eps = _step_noise((len(idx), *self.net.latent_shape), self.t.seed, self.step, self.info.rank)
+        # the global batch's ε (the DistributedSampler interleaves ranks: this rank's i-th sample
+        # is global batch position i·W + rank), so any number of processes draws the same ε
+        eps = _step_noise((self.t.batch_size, *self.net.latent_shape), self.t.seed, self.step)
+        eps = eps[self.info.rank :: self.info.world_size]
         recon, kl = self._terms(self.model, self.x_train[idx], eps)
         loss = (recon + kl).mean()
         self.optimizer.zero_grad(set_to_none=True)
