@@ -6,7 +6,8 @@ over that of the NMC samples (``aivarda.background.vae.diagnostics``).
 
 ``--split`` compares with the checkpoint's validation samples (default), its training samples, or
 all samples of the file (split by the valid-time spans recorded in the checkpoint). Prints the ratio
-per channel and the share of channels within a factor 2.
+per channel and the share of channels within a factor 2, and the size of ``D(0)`` (what
+``centre: true`` subtracts) as its RMS over the grid in units of the NMC error std ``s_c``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def main() -> None:
     U = VaeTransform(ckpt, samples.grid, centre=True)
     ratio = decoder_variance_ratio(U, samples.samples[torch.as_tensor(keep)], n=args.n, seed=args.seed).numpy()
     names = list(ckpt.layout.names)
+    with torch.no_grad():
+        d0 = U.offset(torch.zeros(1)).double()  # D(0) [C, H, W], normalised units
+    w = torch.as_tensor(samples.grid.weights, dtype=torch.float64)[:, None]
+    d0_rms = ((d0.square() * w).sum((1, 2)) / (w.sum() * d0.shape[-1])).sqrt().numpy()
     ok = np.isfinite(ratio)
     within = float(np.mean((ratio[ok] >= 0.5) & (ratio[ok] <= 2.0)))
     out = {
@@ -57,6 +62,9 @@ def main() -> None:
         "ratio_median": float(np.median(ratio[ok])),
         "ratio_max": float(ratio[ok].max()),
         "ratio": {n: float(r) for n, r in zip(names, ratio)},
+        "d0_rms_median": float(np.median(d0_rms)),
+        "d0_rms_max": float(d0_rms.max()),
+        "d0_rms": {n: float(r) for n, r in zip(names, d0_rms)},
     }
     if args.json:
         print(json.dumps(out, indent=1))
@@ -64,8 +72,10 @@ def main() -> None:
     print(f"{out['n_samples']} {args.split} NMC samples vs {args.n} decoder samples z ~ N(0, I)")
     print(f"variance ratio: min {out['ratio_min']:.3g}  median {out['ratio_median']:.3g}  max {out['ratio_max']:.3g}; "
           f"within a factor 2: {100 * within:.0f} % of {ok.sum()} channels")
-    for n, r in zip(names, ratio):
-        print(f"  {n:>6} {r:8.3g}")
+    print(f"RMS of D(0) in units of s_c: median {out['d0_rms_median']:.3g}  max {out['d0_rms_max']:.3g}")
+    print("channel  variance ratio  D(0) RMS")
+    for n, r, d in zip(names, ratio, d0_rms):
+        print(f"  {n:>6} {r:14.3g} {d:9.3g}")
 
 
 if __name__ == "__main__":

@@ -233,7 +233,10 @@ def test_bad_checkpoint_and_config_errors(trained: tuple[Path, dict], tmp_path: 
         load_config(bad, LearnVaeConfig)
 
 
-def test_cli_trains_resumes_and_reports_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_trains_resumes_and_reports_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # output_dir is relative to the working directory, samples to the YAML
     samples = fake_samples()
     samples.save(tmp_path / "nmc.pt")
     cfg = {"name": "cli", "samples": "nmc.pt", "output_dir": "out",
@@ -248,6 +251,7 @@ def test_cli_trains_resumes_and_reports_one_line_errors(tmp_path: Path, capsys: 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
     assert summary["train_span"][0] == "2000-01-03T00:00:00" and summary["n_val_samples"] == 5
+    assert summary["output_dir"] == str(tmp_path / "out") and (tmp_path / "out" / "best.pt").is_file()
     (tmp_path / "vae.yaml").write_text(yaml.safe_dump(cfg | {"samples": "nope.pt"}))
     assert cli_main([*args, "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err.strip()

@@ -2,7 +2,9 @@
 
 The YAML has the sections of ``aivarda learn-b nmc|genbe`` (``data``, ``nmc``, ``samples``; the
 NMC samples are read from ``samples:``, else from the cache the ``nmc`` section names, made first
-if missing) plus a ``vae`` section with the architecture and the training settings.
+if missing) plus a ``vae`` section with the architecture and the training settings, and
+``output_dir``. Paths in the file are relative to its directory, except ``output_dir``, which is
+relative to the working directory (as for ``aivarda train-model``).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ class LearnVaeConfig(LearnBConfig):
     name: str = "vae"
     vae: VaeSection = Field(default_factory=VaeSection)
     output_dir: Path = Field(
-        Path("runs/vae"), description="best.pt, last.pt and train_log.jsonl are written here"
+        Path("runs/vae"),
+        description="best.pt, last.pt and train_log.jsonl are written here (relative to the working directory)",
     )
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)
-        self.output_dir = resolve_path(self.output_dir, base)  # type: ignore[assignment]
+        self.output_dir = resolve_path(self.output_dir, Path.cwd())  # type: ignore[assignment]
