@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_handler("aivarda.learning.eval_model:main"))
 
     # --- background-error statistics ----------------------------------------------------------
-    learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE)").add_subparsers(
+    learn_b = sub.add_parser("learn-b", help="learn background-error statistics (NMC samples, GEN_BE, VAE)").add_subparsers(
         dest="learn_b_command", metavar="LEARN_B_COMMAND", required=True
     )
     p = learn_b.add_parser("nmc", help="NMC samples (48 h − 24 h forecasts, or the lagged-truth stand-in)")
@@ -171,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-in-sample", action="store_true", help="report an overlap instead of refusing")
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.artefacts:main"))
+
+    p = learn_b.add_parser(
+        "vae", help="train the VAE-Var background-error autoencoder on NMC samples (multi-GPU: under torchrun)"
+    )
+    p.add_argument("config", type=Path, help="YAML with LearnVaeConfig fields (e.g. configs/learn_b_vae.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    p.add_argument("--samples", type=Path, default=None, help="NMC sample file (default: the config's, or the cache)")
+    p.add_argument("--out", type=Path, default=None, help="override output_dir")
+    p.add_argument("--epochs", type=int, default=None, help="override vae.training.epochs")
+    p.add_argument("--max-steps", type=int, default=None, help="override vae.training.max_steps")
+    p.add_argument("--stop-after", type=int, default=None, help="pause after this many steps in total (resume later)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.learning.learn_vae:main"))
 
     return parser
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.genbe.fit import FitSettings, GenBeStatistics, fit_genbe
-from aivarda.config import load_config
+from aivarda.config import load_config, read_yaml
 from aivarda.errors import DataError
 from aivarda.files import check_writable_file
 from aivarda.learning.nmc import (
@@ -100,9 +100,19 @@ def _check_new(path: Path, force: bool) -> None:
     check_writable_file(path, "the output file")
 
 
+def load_learn_b_config(path: Path) -> LearnBConfig:
+    """A ``learn-b`` YAML: :class:`LearnBConfig`, or the VAE's extension of it when the file has a
+    ``vae`` section (so ``learn-b nmc`` makes the samples of a ``learn-b vae`` config)."""
+    if "vae" in read_yaml(path):
+        from aivarda.background.vae.config import LearnVaeConfig
+
+        return load_config(path, LearnVaeConfig)
+    return load_config(path, LearnBConfig)
+
+
 def nmc_main(args: argparse.Namespace) -> int:
     """``aivarda learn-b nmc CONFIG [--out FILE] [--force] [--quiet]``."""
-    cfg = load_config(args.config, LearnBConfig)
+    cfg = load_learn_b_config(args.config)
     if args.out is not None:
         out = Path(args.out)
         _check_new(out, args.force)
@@ -183,7 +193,7 @@ def summary(stats: GenBeStatistics) -> list[dict[str, Any]]:
 
 def genbe_main(args: argparse.Namespace) -> int:
     """``aivarda learn-b genbe CONFIG [--samples FILE] [--out FILE] [--force] [--json]``."""
-    cfg = load_config(args.config, LearnBConfig)
+    cfg = load_learn_b_config(args.config)
     out = Path(args.out) if args.out is not None else cfg.output or cache_dir("b") / f"genbe_{cfg.name}.pt"
     _check_new(out, args.force)
     samples = load_or_make_samples(cfg, args.samples, progress=not args.json)

@@ -1,0 +1,115 @@
+"""The VAE decoder as a nonlinear control-variable transform
+(``background_error: {type: vae, checkpoint: best.pt}``).
+
+With ``D`` the trained decoder (normalised units), ``s`` the per-channel NMC error std ``[C]``
+stored in the checkpoint and ``I`` bilinear interpolation from the decoder's grid (the NMC samples'
+grid, the control grid) to the analysis state grid (identity when they are equal),
+
+    δx = U(z) = I( s ⊙ (D(z) − D(0)) )          (centre: true, the default)
+    δx = U(z) = I( s ⊙ D(z) )                    (centre: false, as the released VAE-Var code)
+
+with ``z [L, H/r, W/r]`` the latent (``latent_shape``) and ``J_b = ½‖z‖²``. ``U`` is nonlinear, so
+there is no adjoint: gradients of the cost w.r.t. ``z`` come from autograd through ``D``.
+
+Why centre: the released method adds ``D(z)`` to the background and starts the minimisation at
+``z = 0``, so its first guess is ``x_b + s ⊙ D(0)``, which is not the background unless the
+decoder happens to map 0 to 0. Subtracting ``D(0)`` makes ``z = 0`` the background exactly
+(``δx = 0``), so that ``J_b = ½‖z‖²`` is centred on ``x_b`` as for every linear transform, and an
+analysis without observations is the background. ``D(0)`` is a constant, so the gradient is
+unchanged.
+
+``scale`` multiplies ``U`` (as ``genbe``'s). The decoder runs in ``context.dtype`` on the device of
+``z``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from aivarda.background.genbe.config import GridSection
+from aivarda.sphere import Regrid
+from aivarda.background.registry import TransformConfig, TransformContext, register_transform
+from aivarda.background.transforms import ControlTransform, _batch_shape
+from aivarda.background.vae.checkpoint import VaeCheckpoint
+from aivarda.errors import ConfigError
+from aivarda.grid import Grid
+from aivarda.paths import expand_path
+
+
+class VaeTransform:
+    """``δx = U(z)`` of a trained VAE decoder (module docstring); ``[..., L, h, w] → [..., C, H, W]``."""
+
+    def __init__(
+        self,
+        ckpt: VaeCheckpoint,
+        state_grid: Grid | None = None,
+        *,
+        centre: bool = True,
+        scale: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.net = ckpt.net.to(dtype).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.err_std = ckpt.err_std.to(dtype)[:, None, None]
+        self.layout = ckpt.layout
+        self.control_grid = ckpt.grid
+        self.state_grid = state_grid or ckpt.grid
+        self.regrid = Regrid(self.control_grid, self.state_grid)
+        self.centre, self.scale = bool(centre), float(scale)
+        self.latent_shape = tuple(self.net.latent_shape)
+        self.state_shape = (len(self.layout), *self.state_grid.shape)
+        self._offset: Tensor | None = None
+
+    def offset(self, like: Tensor) -> Tensor:
+        """``D(0)`` (normalised units, ``[C, H_c, W_c]``; zero when ``centre`` is off), computed once."""
+        if self._offset is None or self._offset.dtype != like.dtype or self._offset.device != like.device:
+            if self.centre:
+                with torch.no_grad():
+                    z0 = torch.zeros(1, *self.latent_shape, dtype=like.dtype, device=like.device)
+                    self._offset = self.net.to(like.device).decode(z0)[0]
+            else:
+                self._offset = torch.zeros((), dtype=like.dtype, device=like.device)
+        return self._offset
+
+    def decode(self, z: Tensor) -> Tensor:
+        """``δx = U(z)`` in physical units; differentiable in ``z`` (autograd through ``D``)."""
+        batch = _batch_shape(z, self.latent_shape, "VaeTransform.decode")
+        flat = z.reshape(-1, *self.latent_shape)
+        self.net.to(z.device)
+        out = (self.net.decode(flat) - self.offset(flat)) * self.err_std.to(flat)
+        return self.scale * self.regrid(out).reshape(*batch, *self.state_shape)
+
+
+class VaeConfig(TransformConfig):
+    """``background_error: {type: vae, checkpoint: best.pt, centre: true, scale: 1.0}``;
+    ``checkpoint`` may use ``${AIVARDA_HOME}``/``${AIVARDA_ASSETS}``."""
+
+    type: Literal["vae"] = "vae"
+    checkpoint: Path = Field(description="best.pt (or last.pt) of `aivarda learn-b vae`")
+    centre: bool = Field(default=True, description="subtract D(0) so that z = 0 is the background")
+    scale: float = Field(default=1.0, gt=0, description="multiplies U")
+    state_grid: GridSection | None = Field(
+        default=None, description="grid of the analysis state (default: the checkpoint's source grid)"
+    )
+
+
+@register_transform("vae", VaeConfig)
+def _build_vae(cfg: VaeConfig, context: TransformContext) -> ControlTransform:
+    path = expand_path(cfg.checkpoint)
+    ckpt, _ = VaeCheckpoint.load(path)
+    C = len(ckpt.layout)
+    candidates = [cfg.state_grid.grid()] if cfg.state_grid is not None else [ckpt.grid, ckpt.state_grid]
+    for grid in candidates:
+        if tuple(context.state_shape) == (C, *grid.shape):
+            return VaeTransform(ckpt, grid, centre=cfg.centre, scale=cfg.scale, dtype=context.dtype)
+    grids = " or ".join(g.describe() for g in candidates)
+    raise ConfigError(
+        f"background_error.checkpoint: {path} decodes {C} channels on {grids}, the analysis has states "
+        f"{list(context.state_shape)}" + ("" if cfg.state_grid else "; set background_error.state_grid")
+    )
