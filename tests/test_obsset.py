@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aivarda.channels import ChannelLayout
-from aivarda.config import validate
+from aivarda.config import load_config, validate
 from aivarda.errors import ConfigError, ObservationError
 from aivarda.grid import Grid
 from aivarda.observations import (
@@ -268,12 +268,12 @@ def test_config_errors_are_one_line(data, key):
 
 def test_config_relative_files_resolved(tmp_path: Path):
     (tmp_path / "st.csv").write_text("lat,lon\n10,20\n")
-    cfg = validate(ObservationConfig, {"mode": "fixed", "stations_file": "st.csv"}, "x")
-    cfg.resolve_paths(tmp_path)
+    (tmp_path / "a.yaml").write_text("mode: fixed\nstations_file: st.csv\n")
+    cfg = load_config(tmp_path / "a.yaml", ObservationConfig)
     assert cfg.stations_file == (tmp_path / "st.csv").resolve()
-    cfg = validate(ObservationConfig, {"mode": "fixed", "stations_file": "nothere.csv"}, "x")
-    with pytest.raises(ConfigError, match="stations_file: file not found"):
-        cfg.resolve_paths(tmp_path)
+    (tmp_path / "b.yaml").write_text("mode: fixed\nstations_file: nothere.csv\n")
+    with pytest.raises(ConfigError, match="b.yaml: stations_file: Value error, file not found"):
+        load_config(tmp_path / "b.yaml", ObservationConfig)
 
 
 # ------------------------------------------------------------------ QC

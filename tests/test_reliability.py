@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from aivarda.background.genbe.config import LearnBConfig
-from aivarda.config import load_config
+from aivarda.config import check_name, load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.errors import ConfigError, DataError
 from aivarda.models.config import TrainConfig
-from aivarda.config import check_name
 
 pytestmark = pytest.mark.reliability
 
@@ -523,3 +522,28 @@ def test_assimilate_lag_of_zero_is_a_config_error(tmp_path) -> None:
     config.write_text(yaml.safe_dump({"data": {"source": "nature_run"}, "background": {"lag": "0h"}}))
     with pytest.raises(ConfigError, match=r"a\.yaml: background\.lag: Value error, must be positive"):
         load_config(config, AnalyseConfig)
+
+
+def test_every_input_path_is_relative_to_the_config_and_outputs_to_the_working_directory(tmp_path, monkeypatch) -> None:
+    """One rule at any depth (data.path, window_model.checkpoint, background_error.file/covariance,
+    observations.stations_file): inputs from the config's folder, output_dir from the working directory."""
+    from aivarda.config import load_config
+    from aivarda.cycling.config import CyclingConfig
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "st.csv").write_text("lat,lon\n10,20\n")
+    cfg = {"data": {"source": "zarr", "path": "store.zarr"}, "start_time": "2000-08-01T00:00",
+           "end_time": "2000-08-01T06:00", "observations": {"mode": "fixed", "stations_file": "st.csv"},
+           "assimilation": {"method": "4dvar", "da_win": 2, "background_error": {"type": "genbe", "file": "b/genbe.pt"}},
+           "model": {"checkpoint": "m6.pt"}, "window_model": {"checkpoint": "${AIVARDA_ASSETS}/fengwu_1h.pt"},
+           "output_dir": "runs/x"}
+    (folder / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    c = load_config(folder / "exp.yaml", CyclingConfig)
+    assert c.data.path == folder / "store.zarr"
+    assert c.observations.stations_file == folder / "st.csv"
+    assert c.assimilation.background_error.file == folder / "b" / "genbe.pt"
+    assert c.model.checkpoint == folder / "m6.pt"
+    assert c.window_model.checkpoint.name == "fengwu_1h.pt" and "${" not in str(c.window_model.checkpoint)
+    assert c.output_dir == tmp_path / "runs" / "x"

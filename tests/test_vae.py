@@ -13,17 +13,17 @@ import torch
 import yaml
 
 import aivarda.background.vae.transform  # noqa: F401  (registers background_error type "vae")
-from aivarda.learning.nmc import NmcSamples
 from aivarda.background.registry import TransformContext, build_transform, parse_transform_config
 from aivarda.background.vae import VaeArchitecture, VaeCheckpoint, VaeNet, VaeTransform, vae_loss
 from aivarda.background.vae.config import LearnVaeConfig
 from aivarda.background.vae.diagnostics import decoder_variance_ratio, pointwise_variance
-from aivarda.learning.learn_vae import split_by_time, train_vae
 from aivarda.channels import ChannelLayout
 from aivarda.cli import main as cli_main
 from aivarda.config import load_config
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
+from aivarda.learning.learn_vae import split_by_time, train_vae
+from aivarda.learning.nmc import NmcSamples
 
 LAYOUT = ChannelLayout(("u10m", "v10m", "t2m", "msl"), ("z", "t"), (500, 850))  # 8 channels
 GRID = Grid.equiangular(16, 32)

@@ -74,12 +74,6 @@ class DAExperimentConfig(ExperimentConfig):
     def _method(cls, v: Any) -> AssimilationConfig:
         return assimilation_field(v)
 
-    def resolve_paths(self, base: Any) -> None:
-        super().resolve_paths(base)
-        self.observations.resolve_paths(base)
-        if self.window_model is not None:
-            self.window_model.resolve_paths(base)
-
     def window_model_config(self) -> ModelConfig | None:
         """The configured window model (a subclass may supply a default)."""
         return self.window_model

@@ -19,6 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aivarda.errors import ConfigError
+from aivarda.paths import expand_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -97,13 +98,38 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         raise ConfigError(format_validation_error(source, err)) from None
 
 
+OUTPUT_PATH_KEYS = frozenset({"output_dir", "output"})
+"""Config keys naming what a command writes: relative to the working directory."""
+
+
+def resolve_config_paths(cfg: BaseModel, base: Path) -> None:
+    """One rule for every path in a config, at any depth: ``${AIVARDA_HOME}``, ``${AIVARDA_ASSETS}``
+    and ``~`` are expanded; an input (a store, a checkpoint, a B file, a station list, …) given
+    relative is relative to ``base``, the folder of the config file; an output (``output_dir``,
+    ``output``) relative is relative to the working directory."""
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        if isinstance(value, Path):
+            path = expand_path(value)
+            if not path.is_absolute():
+                path = ((Path.cwd() if name in OUTPUT_PATH_KEYS else base) / path).resolve()
+            if path != value:
+                setattr(cfg, name, path)
+        elif isinstance(value, BaseModel):
+            resolve_config_paths(value, base)
+        elif isinstance(value, (list, tuple, dict)):
+            for item in value.values() if isinstance(value, dict) else value:
+                if isinstance(item, BaseModel):
+                    resolve_config_paths(item, base)
+
+
 def load_config(path: str | Path, model: type[M]) -> M:
-    """Load and validate a YAML file as ``model``."""
+    """Load and validate a YAML file as ``model``; its paths follow :func:`resolve_config_paths`."""
     cfg = validate(model, read_yaml(path), str(path))
-    base = Path(path).resolve().parent
-    resolve_paths = getattr(cfg, "resolve_paths", None)
-    if callable(resolve_paths):
-        resolve_paths(base)
+    try:
+        resolve_config_paths(cfg, Path(path).resolve().parent)
+    except ValidationError as err:  # a field that checks its resolved path (e.g. that the file exists)
+        raise ConfigError(format_validation_error(str(path), err)) from None
     return cfg
 
 
@@ -164,11 +190,6 @@ class DataConfig(StrictModel):
     path: Path | None = Field(default=None, description="Zarr store (required for source: zarr)")
     variables: list[str] | None = Field(default=None, description="Channel names; default: FengWu's 69")
 
-    def resolve_paths(self, base: Path) -> None:
-        if self.path is not None and not self.path.is_absolute():
-            self.path = (base / self.path).resolve()
-
-
 class ExperimentConfig(StrictModel):
     """Skeleton of a cycling experiment. Sections are added by the components that own them."""
 
@@ -182,6 +203,3 @@ class ExperimentConfig(StrictModel):
     end_time: datetime | None = None
     cycle_time: Duration = timedelta(hours=6)
     output_dir: Path = Path("runs/experiment")
-
-    def resolve_paths(self, base: Path) -> None:
-        self.data.resolve_paths(base)

@@ -95,11 +95,6 @@ class CyclingConfig(DAExperimentConfig):
             raise ValueError("end_time - start_time must be a whole number of cycle_time")
         return self
 
-    def resolve_paths(self, base: Path) -> None:
-        super().resolve_paths(base)
-        if self.model is not None:
-            self.model.resolve_paths(base)
-
     def torch_device(self) -> str:
         """The device the models and the analysis run on."""
         import torch

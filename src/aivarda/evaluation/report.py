@@ -47,9 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from aivarda.errors import ConfigError, DataError
-from aivarda.files import check_writable_dir, read_checked_json
 from aivarda.config import check_name
+from aivarda.errors import ConfigError, DataError
 from aivarda.evaluation.bootstrap import (
     DEFAULT_BLOCK_LENGTH,
     DEFAULT_CONFIDENCE,
@@ -58,6 +57,7 @@ from aivarda.evaluation.bootstrap import (
 )
 from aivarda.evaluation.metrics import time_mean_rmse
 from aivarda.evaluation.provenance import canonical_json, code_provenance, footer, run_provenance
+from aivarda.files import check_writable_dir, read_checked_json
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
 STAGES = ("forecast", "observations", "minimisation", "io", "total")

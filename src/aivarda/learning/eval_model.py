@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aivarda.config import load_config
+from aivarda.config import load_config, resolve_config_paths
 from aivarda.data.sources import Wb2ZarrSource, format_time
 from aivarda.data.stats import climatology
 from aivarda.errors import ConfigError, DataError
@@ -131,7 +131,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 def default_eval_config() -> EvalConfig:
     """``aivarda eval-model`` without a config: the shipped 6-hour model on the nature run."""
     cfg = EvalConfig()
-    cfg.resolve_paths(Path.cwd())
+    resolve_config_paths(cfg, Path.cwd())
     return cfg
 
 

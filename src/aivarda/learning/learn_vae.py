@@ -40,12 +40,12 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from aivarda.learning.nmc import NmcSamples
 from aivarda.background.vae.checkpoint import VaeCheckpoint, channel_std, time_span
 from aivarda.background.vae.config import LearnVaeConfig
 from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import ConfigError, DataError
+from aivarda.learning.nmc import NmcSamples
 from aivarda.learning.train_model import _all_sum, _is_rank0, rank0_first, setup_distributed
 
 

@@ -17,15 +17,6 @@ from pydantic import Field, model_validator
 
 from aivarda.config import DataConfig, Hours, SafeName, StrictModel, load_config
 from aivarda.models.linear_prior import LinearPriorConfig
-from aivarda.paths import expand_path
-
-
-def resolve_path(path: Path | None, base: Path) -> Path | None:
-    """``${AIVARDA_HOME}``/``${AIVARDA_ASSETS}``/``~`` expanded, then relative to ``base``."""
-    if path is None:
-        return None
-    path = expand_path(path)
-    return path if path.is_absolute() else (base / path).resolve()
 
 
 class ModelConfig(StrictModel):
@@ -55,11 +46,6 @@ class ModelConfig(StrictModel):
             raise ValueError("'dt' is required with 'module'")
         return self
 
-    def resolve_paths(self, base: Path) -> None:
-        self.checkpoint = resolve_path(self.checkpoint, base)
-        self.stats = resolve_path(self.stats, base)
-
-
 class ModelSpec(StrictModel):
     """The network to train and how its output is read."""
 
@@ -81,11 +67,6 @@ class TrainDataConfig(DataConfig):
     stats: Path | None = Field(None, description="NormStats JSON; default: computed (and cached) from the training times")
     stats_samples: int = Field(512, ge=2, description="sample times for the statistics when computed here")
     cache: bool = Field(True, description="keep the states read from the store in memory")
-
-    def resolve_paths(self, base: Path) -> None:
-        super().resolve_paths(base)
-        self.stats = resolve_path(self.stats, base)
-
 
 class OptimConfig(StrictModel):
     """AdamW with a linear warm-up then cosine decay to ``min_lr_ratio · lr``."""
@@ -123,12 +104,6 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
 
-    def resolve_paths(self, base: Path) -> None:
-        self.data.resolve_paths(base)
-        self.init_from = resolve_path(self.init_from, base)
-        self.output_dir = resolve_path(self.output_dir, Path.cwd())  # type: ignore[assignment]
-
-
 class EvalConfig(StrictModel):
     """``aivarda eval-model [CONFIG]``: lead-time RMSE/ACC against the nature run's ``eval`` span,
     beside persistence and climatology (the time mean of ``clim_span``)."""
@@ -144,11 +119,6 @@ class EvalConfig(StrictModel):
     max_inits: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1, description="initial times forecast together")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def resolve_paths(self, base: Path) -> None:
-        self.checkpoint = resolve_path(self.checkpoint, base)  # type: ignore[assignment]
-        self.data.resolve_paths(base)
-
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """Load a :class:`TrainConfig`, validating the architecture section too."""

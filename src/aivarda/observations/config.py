@@ -21,7 +21,7 @@ from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
 from aivarda.config import StrictModel
-from aivarda.errors import AivardaError, ConfigError
+from aivarda.errors import AivardaError
 from aivarda.observations.registry import InterpolationConfig, OperatorConfig, parse_operator_config
 
 ObservationMode = Literal["random", "fixed", "grid", "offgrid"]
@@ -113,6 +113,14 @@ class ObservationConfig(StrictModel):
         default_factory=InterpolationConfig, description="observation operator H: {type: interpolation, ...}"
     )
 
+    @field_validator("stations_file", "mask_file")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        # a resolved (absolute) input must exist; relative ones are resolved against the config's folder first
+        if v is not None and v.is_absolute() and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
     @field_validator("operator", mode="before")
     @classmethod
     def _operator(cls, v: object) -> OperatorConfig:
@@ -169,15 +177,3 @@ class ObservationConfig(StrictModel):
         if v.is_absolute() and not v.is_file():
             raise ValueError(f"file not found: {v}")
         return v
-
-    def resolve_paths(self, base: Path) -> None:
-        """Make relative files relative to the config file's folder; they must exist."""
-        for key in ("stations_file", "mask_file"):
-            path = getattr(self, key)
-            if path is None:
-                continue
-            if not path.is_absolute():
-                path = (base / path).resolve()
-                object.__setattr__(self, key, path)
-            if not path.is_file():
-                raise ConfigError(f"observations.{key}: file not found: {path}")

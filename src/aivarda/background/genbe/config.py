@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from aivarda.config import DataConfig, Duration, SafeName, StrictModel
 from aivarda.grid import Grid
-from aivarda.models.config import ModelConfig, resolve_path
+from aivarda.models.config import ModelConfig
 
 
 class GridSection(StrictModel):
@@ -74,13 +74,6 @@ class LearnBConfig(StrictModel):
     genbe: GenBeSection = Field(default_factory=GenBeSection)
     samples: Path | None = Field(default=None, description="NMC sample file (default: the cache of the nmc section)")
     output: Path | None = Field(default=None, description="statistics file (default: $AIVARDA_HOME/b/genbe_<name>.pt)")
-
-    def resolve_paths(self, base: Path) -> None:
-        self.data.resolve_paths(base)
-        if self.nmc.model is not None:
-            self.nmc.model.resolve_paths(base)
-        self.samples = resolve_path(self.samples, base)
-        self.output = resolve_path(self.output, base)
 
     def nmc_key(self, source_token: str) -> str:
         """16 hex digits identifying the samples the ``nmc`` section makes from a source."""

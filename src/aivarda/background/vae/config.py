@@ -17,7 +17,6 @@ from pydantic import Field
 from aivarda.background.genbe.config import LearnBConfig
 from aivarda.background.vae.network import VaeArchitecture
 from aivarda.config import StrictModel
-from aivarda.models.config import resolve_path
 
 
 class VaeTraining(StrictModel):
@@ -52,7 +51,3 @@ class LearnVaeConfig(LearnBConfig):
         Path("runs/vae"),
         description="best.pt, last.pt and train_log.jsonl are written here (relative to the working directory)",
     )
-
-    def resolve_paths(self, base: Path) -> None:
-        super().resolve_paths(base)
-        self.output_dir = resolve_path(self.output_dir, Path.cwd())  # type: ignore[assignment]

@@ -32,13 +32,13 @@ from pydantic import Field
 from torch import Tensor
 
 from aivarda.background.genbe.config import GridSection
-from aivarda.sphere import Regrid
 from aivarda.background.registry import TransformConfig, TransformContext, register_transform
 from aivarda.background.transforms import ControlTransform, _batch_shape
 from aivarda.background.vae.checkpoint import VaeCheckpoint
 from aivarda.errors import ConfigError
 from aivarda.grid import Grid
 from aivarda.paths import expand_path
+from aivarda.sphere import Regrid
 
 
 class VaeTransform:
