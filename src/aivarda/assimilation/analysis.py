@@ -64,7 +64,7 @@ def analyse_window(
     obs = quality_control(obs, grid, layout, observing.qc, background=bg_window, background_std=background_std.to(x_b.dtype))
     active = obs.active()
     operator = observation_operator(observing.operator, active, geometry, (window.n_times, *x_b.shape))
-    problem = AnalysisProblem(x_b, bg_window, transform, operator, active, window, model, members, progress)
+    problem = AnalysisProblem(x_b, bg_window, transform, operator, active, window, model, members, progress, geometry)
     t0 = wallclock.perf_counter()
     result = method.analyse(problem)
     seconds = wallclock.perf_counter() - t0

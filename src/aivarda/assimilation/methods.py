@@ -44,6 +44,7 @@ from aivarda.background.registry import IdentityConfig, TransformConfig, parse_t
 from aivarda.background.transforms import ControlTransform, EnsembleTransform
 from aivarda.config import Duration, StrictModel
 from aivarda.errors import ConfigError
+from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel, trajectory
 from aivarda.observations.operators import ObservationOperator
 from aivarda.registry import Registry
@@ -99,10 +100,16 @@ class WindowConfig(AssimilationConfig):
 @dataclass(frozen=True)
 class Needs:
     """What a method asks the driver for: a ``window_model`` (a forecast model stepping through
-    the window) and the ``ensemble`` members valid at the analysis time."""
+    the window) and the ``ensemble`` members valid at the analysis time.
+
+    ``ensemble_source``: ``"lagged"`` — the members are the time-lagged forecasts of the single
+    analysis (1…K cycles old); ``"own"`` — the method analyses an ensemble
+    (:attr:`AnalysisResult.members` ``[K, *S]``, e.g. an LETKF): the driver forecasts those
+    members one cycle as the next cycle's members and uses their mean as the background."""
 
     window_model: bool = False
     ensemble: bool = False
+    ensemble_source: Literal["lagged", "own"] = "lagged"
 
 
 @dataclass
@@ -110,7 +117,8 @@ class AnalysisProblem:
     """One analysis: background at the window start ``[*S]`` and its window trajectory
     ``[T, *S]``, the control transform, the observation operator and the (active) observations it
     was built for, the window, the window model and the ensemble members ``[K, *S]`` valid at the
-    window start (each for the methods that declare they need it)."""
+    window start (each for the methods that declare they need it), and the data's geometry (grid
+and channel layout, e.g. for an observation-space localisation)."""
 
     background: Tensor
     background_window: Tensor
@@ -121,6 +129,7 @@ class AnalysisProblem:
     model: ForecastModel | None = None
     members: Tensor | None = None
     progress: bool = False
+    geometry: Geometry | None = None
 
 
 class Method:

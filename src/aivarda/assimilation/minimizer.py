@@ -39,7 +39,9 @@ class AnalysisResult:
     ``x_a = x_b + U(z)`` is the analysis at the window start (``[*S]``); ``increment = x_a − x_b``;
     ``diagnostics`` holds one dict per iteration (``outer``, ``iteration``, ``J``, ``J_b``, ``J_o``,
     ``grad_norm``, ``evaluations``); ``converged`` is true when a tolerance was met;
-    ``fallback`` is true when the minimisation failed and ``x_a`` is the background.
+    ``fallback`` is true when the minimisation failed and ``x_a`` is the background;
+    ``members`` the analysis ensemble ``[K, *S]`` of a method that analyses its own ensemble
+    (``x_a`` is then their mean), else ``None``.
     """
 
     x_a: Tensor
@@ -48,6 +50,7 @@ class AnalysisResult:
     diagnostics: list[dict[str, float]] = field(default_factory=list)
     converged: bool = False
     fallback: bool = False
+    members: Tensor | None = None
 
 
 class _NonFinite(RuntimeError):

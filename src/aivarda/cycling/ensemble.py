@@ -85,6 +85,17 @@ class LaggedEnsemble:
             raise DataError(f"{path}: {what} holds NaN/Inf values")
         return x
 
+    def put_members(self, valid: int, members: Tensor) -> None:
+        """Store an ensemble that is not time-lagged (``[K, C, H, W]``, e.g. the forecasts of an
+        LETKF's analysis members) as the members ``1 … K`` of cycle ``valid`` (replacing any stored
+        there; nothing is kept after the last cycle)."""
+        if members.shape[0] != self.members:
+            raise DataError(f"{self.directory}: {members.shape[0]} members for cycle {valid}, expected {self.members}")
+        if 0 <= valid < self.n_cycles:
+            for k in range(1, self.members + 1):
+                array = members[k - 1].detach().to("cpu", torch.float32).numpy()
+                atomic_write(self._file(valid, k), lambda tmp, a=array: np.save(tmp, a))
+
     def leads(self, cycle: int) -> list[int]:
         """Leads (in cycles) of the members stored for ``cycle``."""
         folder = self.directory / f"valid_{cycle:05d}"

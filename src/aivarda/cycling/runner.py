@@ -7,6 +7,8 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
 1. background ``x_b = M(x_a(n − 1))``, the lead-1 member of the time-lagged ensemble store
    (:mod:`aivarda.cycling.ensemble`; before the first analysis the members come from the truth
    ``gap`` cycles earlier), and the members valid at ``t_n`` when the method or the B needs them;
+   a method whose ``needs.ensemble_source`` is ``"own"`` (an LETKF) cycles its own ensemble
+   instead: its members are the one-cycle forecasts of its analysis members and ``x_b`` their mean;
 2. observations of the truth at the method's window times, simulated with
    ``SeedSequence([seed, n])`` (the same draws when a run is resumed), quality-controlled against
    the method's background window;
@@ -14,7 +16,8 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
 4. ``x_a = x_b + U z*`` by the method (:func:`aivarda.assimilation.analysis.analyse_window`);
 5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
    minimiser's diagnostics and the wall time of each stage;
-6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store, and every
+6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store (``"own"``: the
+   analysis members forecast one cycle), and every
    ``forecast.every`` cycles a ``forecast.lead`` forecast scored against the truth;
 7. outputs, then the commit (:mod:`aivarda.cycling.state`).
 """
@@ -180,8 +183,9 @@ class CyclingRunner:
         t = self.times[n]
 
         tic = wallclock.perf_counter()
-        x_b = self.ensemble.background(n).to(self.device)
-        members = self.ensemble.ensemble(n).to(self.device) if self.needs_members else None
+        own = self.method.needs.ensemble_source == "own"  # the method cycles its own ensemble
+        members = self.ensemble.ensemble(n).to(self.device) if self.needs_members or own else None
+        x_b = members.mean(0) if own else self.ensemble.background(n).to(self.device)
         window = self.window.at(t)
         truth_window = self.source.states(window.times).to(self.device)
         previous_truth = self.source.state((t - self.cycle_step).astype("datetime64[ns]")).to(self.device)
@@ -215,9 +219,20 @@ class CyclingRunner:
         wall["observations"] += wallclock.perf_counter() - tic
 
         forecast_now = cfg.forecast.every > 0 and n % cfg.forecast.every == 0
-        members, forecast = self._forecasts(x_a, t, self.forecast_cycles if forecast_now else 0, wall)
+        members, forecast = self._forecasts(x_a, t, self.forecast_cycles if forecast_now else 0, wall,
+                                            keep=0 if own else None)
+        if own:  # the method's analysis members, forecast one cycle: the next cycle's members
+            if wa.result.members is None:
+                raise RuntimeError(f"method {self.method.name}: ensemble_source 'own' but its analysis has no members")
+            tic = wallclock.perf_counter()
+            with torch.no_grad():
+                members = self.model.forecast(wa.result.members.detach(), self.steps_per_cycle)
+            wall["forecast"] += wallclock.perf_counter() - tic
         tic = wallclock.perf_counter()
-        self.ensemble.put(n, members)
+        if own:
+            self.ensemble.put_members(n + 1, members)
+        else:
+            self.ensemble.put(n, members)
         wall["io"] += wallclock.perf_counter() - tic
         self.hook(n, "forecast")
 
@@ -244,13 +259,15 @@ class CyclingRunner:
                           minimizer_summary(wa.result), wall, baselines=baselines)
         return {"row": row, "forecast": forecast}
 
-    def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float]) -> tuple[Tensor, dict[str, Any] | None]:
-        """Forecast ``x_a`` cycle by cycle: the first ``dynamic_member`` states are kept (the new
-        members, ``[K, C, H, W]``); the first ``n_scored`` are scored against the truth as they come
-        (RMSE per channel, leads whose truth is in the source), so a long forecast holds one state."""
+    def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float],
+                   keep: int | None = None) -> tuple[Tensor | None, dict[str, Any] | None]:
+        """Forecast ``x_a`` cycle by cycle: the first ``keep`` (default ``dynamic_member``) states
+        are kept (the new members, ``[K, C, H, W]``; ``None`` when ``keep = 0``); the first
+        ``n_scored`` are scored against the truth as they come (RMSE per channel, leads whose truth
+        is in the source), so a long forecast holds one state."""
         from aivarda.evaluation.metrics import rmse
 
-        K = self.cfg.dynamic_member
+        K = self.cfg.dynamic_member if keep is None else keep
         members: list[Tensor] = []
         leads: list[float] = []
         scores: list[Tensor] = []
@@ -273,7 +290,7 @@ class CyclingRunner:
         if n_scored:
             table = torch.stack(scores) if scores else torch.empty(0, self.layout.n_channels)
             forecast = {"lead_hours": leads, "rmse": {ch: table[:, c].tolist() for c, ch in enumerate(self.layout.names)}}
-        return torch.stack(members), forecast
+        return (torch.stack(members) if members else None), forecast
 
 
 def run_experiment(cfg: CyclingConfig, out: str | Path | None = None, *, resume: bool = False,
