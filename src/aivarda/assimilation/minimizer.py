@@ -96,6 +96,7 @@ class Minimizer:
             zz = z.detach().clone().requires_grad_(True)
             terms = cost(zz)
             (grad,) = torch.autograd.grad(terms.total, zz)
+            grad = grad.contiguous()  # LBFGS views the gradient flat (an ensemble B's may be strided)
         terms = CostTerms(terms.total.detach(), terms.background.detach(), terms.observation.detach())
         return _Evaluation(zz.detach(), terms, grad)
 
