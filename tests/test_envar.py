@@ -179,3 +179,26 @@ def test_letkf_cycles_its_own_ensemble_through_aivarda_run(tiny_nature_run: Path
         assert float(torch.cdist(flat, flat).add(torch.eye(K) * 1e9).min()) > 0  # K distinct members
     # identity models: cycle 1's members are cycle 0's analysis members (stored as float32)
     assert torch.allclose(seen[1][0], seen[0][1].float(), atol=1e-6)
+
+
+ENVAR_CONFIGS = {"exp_3DEnVar": ("3denvar", "ensemble"), "exp_4DEnVar": ("4denvar", "ensemble"),
+                 "exp_Hybrid-3DEnVar": ("3denvar", "hybrid"), "exp_Hybrid-4DEnVar": ("4denvar", "hybrid"),
+                 "exp_LETKF": ("letkf", "identity")}
+
+
+@pytest.mark.parametrize("name", sorted(ENVAR_CONFIGS))
+def test_shipped_envar_and_letkf_configs_validate(name: str) -> None:
+    from aivarda.config import load_config
+    from aivarda.cycling.config import CyclingConfig
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", CyclingConfig)
+    method, b = ENVAR_CONFIGS[name]
+    assert cfg.name == name and len(cfg.cycle_times()) == 124 and cfg.observations.fraction == 0.05
+    assert cfg.assimilation.method == method and cfg.assimilation.background_error.type == b
+    assert cfg.dynamic_member == 8 and cfg.gap == 8
+    built = build_method(cfg.assimilation)
+    assert built.needs.ensemble and (built.needs.window_model == (method == "4denvar"))
+    if b == "hybrid":
+        assert (cfg.assimilation.background_error.static_weight, cfg.assimilation.background_error.ensemble_weight) == (0.4, 0.6)
+    if method == "4denvar":
+        assert cfg.window_model is not None and cfg.window_model.linear_prior_only
