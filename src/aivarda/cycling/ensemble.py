@@ -64,11 +64,14 @@ class LaggedEnsemble:
         """Store the forecasts of the analysis of cycle ``origin``: ``trajectory[k − 1]`` is valid at
         cycle ``origin + k`` (``k = 1 … K``); those valid after the last cycle are not kept."""
         for k in range(1, min(self.members, trajectory.shape[0]) + 1):
-            valid = origin + k
-            if 0 <= valid < self.n_cycles:
-                array = trajectory[k - 1].detach().to("cpu", torch.float32).numpy()
-                path = atomic_write(self._file(valid, k), lambda tmp, a=array: np.save(tmp, a))
-                write_checksum(path)
+            self._write(origin + k, k, trajectory[k - 1])
+
+    def _write(self, valid: int, lead: int, state: Tensor) -> None:
+        """Store one member (with its checksum) unless ``valid`` is outside the run's cycles."""
+        if 0 <= valid < self.n_cycles:
+            array = state.detach().to("cpu", torch.float32).numpy()
+            path = atomic_write(self._file(valid, lead), lambda tmp, a=array: np.save(tmp, a))
+            write_checksum(path)
 
     def _load(self, path: Path, cycle: int) -> Tensor:
         """A member read back: checksum verified (when it has one), finite, plausible."""
@@ -91,10 +94,8 @@ class LaggedEnsemble:
         there; nothing is kept after the last cycle)."""
         if members.shape[0] != self.members:
             raise DataError(f"{self.directory}: {members.shape[0]} members for cycle {valid}, expected {self.members}")
-        if 0 <= valid < self.n_cycles:
-            for k in range(1, self.members + 1):
-                array = members[k - 1].detach().to("cpu", torch.float32).numpy()
-                atomic_write(self._file(valid, k), lambda tmp, a=array: np.save(tmp, a))
+        for k in range(1, self.members + 1):
+            self._write(valid, k, members[k - 1])
 
     def leads(self, cycle: int) -> list[int]:
         """Leads (in cycles) of the members stored for ``cycle``."""
