@@ -37,10 +37,11 @@ propagated by the window model inside the cost).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from aivarda.assimilation.cost import VariationalCost
@@ -83,6 +84,10 @@ class ThreeDEnVarConfig(AssimilationConfig):
 
 class FourDEnVarConfig(WindowConfig):
     method: Literal["4denvar"] = "4denvar"  # type: ignore[assignment]
+    ensemble_outer_loops: int = Field(
+        default=0, ge=0,
+        description="Gauss–Newton re-linearisations: the members' trajectories rerun around the latest analysis",
+    )
 
     @field_validator("background_error", mode="after")
     @classmethod
@@ -113,18 +118,20 @@ class ThreeDEnVar(ThreeDVar):
 class WindowIncrement:
     """A 4D ensemble transform seen by :class:`VariationalCost` as a transform of the window-start
     state ``[*S]``: ``decode`` gives the whole increment trajectory ``[T, *S]`` (the cost takes
-    ``δx_0`` for ``x_a`` and the propagation adds ``δx_t`` to the background trajectory)."""
+    ``δx_0`` for ``x_a`` and the propagation adds ``δx_t`` to the background trajectory). With
+    ``origin = z_i`` it decodes ``U(z − z_i)`` (an outer loop linearised about ``x_b + U z_i``)."""
 
-    def __init__(self, transform: ControlTransform, state_shape: tuple[int, ...]) -> None:
+    def __init__(self, transform: ControlTransform, state_shape: tuple[int, ...], origin: Tensor | None = None) -> None:
         self.transform = transform
         self.state_shape = tuple(state_shape)
+        self.origin = origin
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.transform.latent_shape)
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.transform.decode(z)
+        return self.transform.decode(z if self.origin is None else z - self.origin.to(z))
 
 
 @METHODS.register("4denvar", FourDEnVarConfig)
@@ -157,11 +164,11 @@ class FourDEnVar(_WindowMethod):
                 f"window trajectories {list(expected)} before the analysis, its state shape is {list(shape)}"
             )
 
-    def cost(self, problem: AnalysisProblem) -> VariationalCost:
+    def cost(self, problem: AnalysisProblem, origin: Tensor | None = None) -> VariationalCost:
         self._check_window(problem)
         return VariationalCost(
             problem.background,
-            WindowIncrement(problem.transform, tuple(problem.background.shape)),
+            WindowIncrement(problem.transform, tuple(problem.background.shape), origin),
             problem.operator,
             problem.observations,
             propagation=self.propagation(problem),
@@ -169,10 +176,37 @@ class FourDEnVar(_WindowMethod):
             flow_error=self.flow_error,
         )
 
+    def analyse(self, problem: AnalysisProblem) -> AnalysisResult:
+        """One minimisation, then ``ensemble_outer_loops`` Gauss–Newton re-linearisations: with
+        ``x_i = x_b + δx_0(z_i)`` the members are re-centred on ``x_i`` (their deviations kept),
+        rerun through the window, and ``J(z) = ½‖z‖² + ½‖H(M(x_i) + U_i(z − z_i)) − y‖²`` is
+        minimised from ``z_i`` (the ensemble-space Gauss–Newton of the iterative ensemble Kalman
+        smoother, with the finite ensemble as the linearisation)."""
+        minimizer = self.config.minimizer(problem.progress)
+        result = minimizer.minimize(self.cost(problem))
+        for _ in range(self.config.ensemble_outer_loops):
+            if result.fallback or problem.members is None or problem.model is None:
+                break
+            x_i = result.x_a.detach()
+            members = problem.members - problem.members.mean(0) + x_i
+            self.update_background_error(problem.transform, members, problem.window, problem.model)  # type: ignore[arg-type]
+            window = self.background_window(x_i, problem.window, problem.model)
+            step = replace(problem, background=x_i, background_window=window)
+            inner = minimizer.minimize(self.cost(step, origin=result.z), z0=result.z)
+            if inner.fallback:
+                break
+            diagnostics = result.diagnostics + inner.diagnostics
+            result = AnalysisResult(inner.x_a, inner.z, inner.x_a - problem.background, diagnostics, inner.converged, False)
+        return result
+
     def analysis_window(self, problem: AnalysisProblem, result: AnalysisResult) -> Tensor:
-        """``x^b_t + δx_t`` with ``δx = U z*`` (the 4D increment; ``x_a`` at ``t = 0``)."""
+        """``x^b_t + δx_t`` with ``δx = U z*`` (the 4D increment; ``x_a`` at ``t = 0``); after
+        ensemble outer loops the window model's trajectory of ``x_a``."""
         if result.fallback:
             return problem.background_window.clone()
+        if self.config.ensemble_outer_loops and problem.model is not None:
+            with torch.no_grad():
+                return trajectory(problem.model, result.x_a.detach(), problem.window.steps)
         with torch.no_grad():
             dx = problem.transform.decode(result.z.to(problem.background.dtype))
         return problem.background_window + dx.to(problem.background_window.dtype)
