@@ -74,6 +74,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import aivarda.assimilation.envar  # noqa: F401  (registers 3denvar, 4denvar before the entry points are installed)
 from aivarda.assimilation import AnalysisProblem, Window, build_method
 from aivarda.assimilation.letkf import (
     LETKFConfig,
@@ -82,7 +83,6 @@ from aivarda.assimilation.letkf import (
     periodic_local_obs,
     unbatched_domains,
 )
-import aivarda.assimilation.envar  # noqa: F401  (registers 3denvar, 4denvar)
 from aivarda.background import DenseSqrtTransform
 from aivarda.background.ensemble import EnsembleTransform, HybridTransform
 from aivarda.background.localisation import CircleLocalisation
@@ -331,7 +331,7 @@ def run_experiment(
     if exp.method in ("3denvar", "4denvar"):
         return run_envar(exp, scored_cycles, seed, config, progress)
     t_start = time.perf_counter()
-    model, burn_in, n_obs, gen, truth, obs_steps, y = twin_setup(exp, scored_cycles, seed)
+    model, burn_in, n_obs, _, truth, obs_steps, y = twin_setup(exp, scored_cycles, seed)
     if exp.method == "4dvar" and var4d_b == "identity":
         cov = torch.eye(N_VARS, dtype=torch.float64)
     else:

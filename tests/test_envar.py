@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_ensemble_b import _Obs, kalman
+from test_plugins import identity_model
 
-import aivarda.assimilation.envar  # noqa: F401  (registers 3denvar, 4denvar)
+import aivarda.assimilation.envar  # registers 3denvar, 4denvar (before the entry points are installed)
 import aivarda.assimilation.letkf_method  # noqa: F401  (registers letkf)
 from aivarda.assimilation import AnalysisProblem, Window, build_method
 from aivarda.background.registry import TransformContext, build_transform
 from aivarda.cli import main
 from aivarda.errors import ConfigError
-from test_ensemble_b import _Obs, kalman
-from test_plugins import identity_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
@@ -125,7 +125,7 @@ def test_no_cost_smoother_gives_earlier_times_the_same_weights(lorenz96_benchmar
 
 
 def test_3denvar_method_is_the_kalman_analysis() -> None:
-    model, _, x_b, members, H4, y, sigma, window, obs, (times, points) = _linear_problem(22)
+    _, _, x_b, members, H4, y, sigma, window, _, (times, points) = _linear_problem(22)
     first = times == 0
     H = H4[first]
     expected = kalman(x_b, torch.cov(members.T), H, torch.diag(sigma[first] ** 2), y[first])

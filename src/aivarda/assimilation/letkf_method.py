@@ -33,7 +33,13 @@ from pydantic import Field
 from torch import Tensor
 
 from aivarda.assimilation.letkf import LETKFConfig, letkf_grid_analysis
-from aivarda.assimilation.methods import METHODS, AnalysisProblem, AssimilationConfig, Method, Needs
+from aivarda.assimilation.methods import (
+    METHODS,
+    AnalysisProblem,
+    AssimilationConfig,
+    Method,
+    Needs,
+)
 from aivarda.assimilation.minimizer import AnalysisResult
 from aivarda.config import Duration
 from aivarda.errors import ConfigError
