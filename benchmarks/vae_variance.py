@@ -18,10 +18,10 @@ import json
 import numpy as np
 import torch
 
-from aivarda.learning.nmc import NmcSamples
 from aivarda.background.vae.checkpoint import VaeCheckpoint
 from aivarda.background.vae.diagnostics import decoder_variance_ratio
 from aivarda.background.vae.transform import VaeTransform
+from aivarda.learning.nmc import NmcSamples
 
 
 def main() -> None:

@@ -151,17 +151,6 @@ HYBRID_B = {"type": "hybrid", "static": {"type": "diagonal"}, "static_weight": 0
             "ensemble": {"localisation": {"length_scale_km": 2000, "vertical_length_lnp": 0.5}}}
 
 
-@pytest.fixture
-def wet_dry_points(monkeypatch) -> None:
-    """The tiny world's dry points (x_b = 0 kg/kg specific humidity) get negative humidity increments
-    of up to ~2e-3 kg/kg from an ensemble B (the time-lagged members are not centred on x_b and have a
-    spread of up to 3e-3 kg/kg there), below the runner's plausibility bound −1e-3 kg/kg, which guards
-    against corruption. These mechanics tests widen that bound; see the report on humidity positivity."""
-    from aivarda import ranges
-
-    monkeypatch.setitem(ranges.PLAUSIBLE_RANGE, "q", (-1.0e-2, 0.1))
-
-
 def run_tiny(tmp_path: Path, tiny: Path, name: str, section: dict[str, Any]) -> list[dict[str, str]]:
     """Two 6-hour cycles with K = 8 time-lagged members and identity stand-in models."""
     cfg = {"name": name, "seed": 1, "data": {"source": "zarr", "path": str(tiny)},
@@ -184,8 +173,7 @@ def run_tiny(tmp_path: Path, tiny: Path, name: str, section: dict[str, Any]) -> 
     ],
     ids=["3denvar", "hybrid-4denvar", "hybrid-4dvar"],
 )
-def test_envar_cycles_through_aivarda_run(section: dict[str, Any], tiny_nature_run: Path, tmp_path: Path,
-                                         wet_dry_points: None) -> None:
+def test_envar_cycles_through_aivarda_run(section: dict[str, Any], tiny_nature_run: Path, tmp_path: Path) -> None:
     rows = run_tiny(tmp_path, tiny_nature_run, section["method"],
                     {"outer_loops": 1, "inner_iterations": 10, **section})
     assert [r["method"] for r in rows] == [section["method"]] * 2
@@ -193,8 +181,7 @@ def test_envar_cycles_through_aivarda_run(section: dict[str, Any], tiny_nature_r
         assert float(r["ana_nrmse"]) < float(r["bg_nrmse"])
 
 
-def test_letkf_cycles_its_own_ensemble_through_aivarda_run(tiny_nature_run: Path, tmp_path: Path, monkeypatch,
-                                                          wet_dry_points: None) -> None:
+def test_letkf_cycles_its_own_ensemble_through_aivarda_run(tiny_nature_run: Path, tmp_path: Path, monkeypatch) -> None:
     """The runner forecasts the LETKF's analysis members (K distinct members every cycle) and the
     analysis (their mean) beats the background (the forecast members' mean)."""
     from aivarda.assimilation import letkf_method

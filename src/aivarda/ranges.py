@@ -24,7 +24,7 @@ PLAUSIBLE_RANGE: dict[str, tuple[float, float]] = {
     "sp": (3.0e4, 1.2e5),  # Pa (Everest ≈ 330 hPa)
     "tcwv": (-1.0, 150.0),  # kg m**-2
     "z": (-1.5e4, 2.6e5),  # m**2 s**-2 (z1000 in deep lows … z50 ≈ 2.1e5)
-    "q": (-1.0e-3, 0.1),  # kg kg**-1 (ERA5 has tiny negative values)
+    "q": (-1.0e-2, 0.1),  # kg kg**-1 (ERA5 has tiny negative values; Gaussian increments where the background is dry take analyses a few g/kg below 0)
     "u": (-250.0, 250.0),  # m s**-1
     "v": (-250.0, 250.0),  # m s**-1
     "t": (120.0, 380.0),  # K
