@@ -104,10 +104,6 @@ def difference_pairs(times: np.ndarray, diff_hours: float) -> np.ndarray:
     return times[np.isin(times + delta, times)]
 
 
-def _delta(diff_hours: float) -> np.timedelta64:
-    return np.timedelta64(int(round(diff_hours * 3600)), "s").astype("timedelta64[ns]")
-
-
 def sample_times(
     source: FieldSource, diff_hours: float, max_samples: int | None, require_pairs: bool = True
 ) -> tuple[np.ndarray, bool]:
@@ -140,16 +136,7 @@ def summarise(
     that does not divide Δ) gives NaN difference statistics instead of a DataError.
     """
     delta = from_hours(diff_hours)
-    starts = difference_pairs(source.times, diff_hours)
-    has_pairs = starts.size > 0
-    if not has_pairs:
-        if require_pairs:
-            raise DataError(
-                f"{getattr(source, 'path', 'source')}: no two times {diff_hours:g} h apart among its "
-                f"{source.times.size} times; cannot compute {diff_hours:g}-hour difference statistics"
-            )
-        starts = source.times
-    starts = starts[_evenly(starts.size, max_samples)]
+    starts, has_pairs = sample_times(source, diff_hours, max_samples, require_pairs)
     states = WeightedMoments(source.grid.weights)
     diffs = WeightedMoments(source.grid.weights)
     batches = range(0, starts.size, batch_size)
@@ -207,7 +194,7 @@ def load_or_compute_norm_stats(
     """:func:`compute_norm_stats`, cached under ``$AIVARDA_HOME/stats`` (sources with a
     ``cache_token()``, e.g. :class:`~aivarda.data.sources.Wb2ZarrSource`; others are computed)."""
     starts, _ = sample_times(source, diff_hours, max_samples)
-    times = np.concatenate([starts, starts + _delta(diff_hours)])
+    times = np.concatenate([starts, starts + from_hours(diff_hours)])
     base = _cache_file(source, "norm", times, diff_hours=float(diff_hours), max_samples=max_samples)
     path = None if base is None else base.with_suffix(".json")
     if path is not None and path.is_file() and not refresh:

@@ -46,7 +46,7 @@ from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import ConfigError, DataError
 from aivarda.learning.nmc import NmcSamples
-from aivarda.learning.train_model import _all_sum, _is_rank0, rank0_first, setup_distributed
+from aivarda.learning.train_model import _all_sum, _is_rank0, end_of_epoch, rank0_first, setup_distributed
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -221,15 +221,7 @@ class VaeTrainer:
                 break
             total, n = _all_sum([run_sum, run_n], self.info)
             train_loss, val = total / max(n, 1), self.validate()
-            if math.isnan(val[0]) or val[0] < self.best_val:
-                self.best_val = val[0] if not math.isnan(val[0]) else self.best_val
-                self.save("best.pt", epoch, train_loss, val[0], training_state=False)
-            if self.rank0:
-                with open(self.out / "train_log.jsonl", "a") as log:
-                    record = {"epoch": epoch, "step": self.step, "train_loss": train_loss, "val_loss": val[0],
-                              "val_recon": val[1], "val_kl": val[2]}
-                    log.write(json.dumps(record) + "\n")
-            self.save("last.pt", epoch, train_loss, val[0], training_state=True)
+            end_of_epoch(self, epoch, train_loss, val[0], {"val_recon": val[1], "val_kl": val[2]})
             if self.step % self.steps_per_epoch == 0:
                 epoch += 1
         bar.close()

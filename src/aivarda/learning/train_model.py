@@ -475,14 +475,7 @@ class Trainer:
                 break
             total, n = _all_sum([run_sum, run_n], self.info)
             train_loss, val_loss = total / max(n, 1), self.validate()
-            if math.isnan(val_loss) or val_loss < self.best_val:
-                self.best_val = val_loss if not math.isnan(val_loss) else self.best_val
-                self.save("best.pt", epoch, train_loss, val_loss, training_state=False)
-            if self.rank0:
-                with open(self.out / "train_log.jsonl", "a") as log:
-                    record = {"epoch": epoch, "step": self.step, "train_loss": train_loss, "val_loss": val_loss}
-                    log.write(json.dumps(record) + "\n")
-            self.save("last.pt", epoch, train_loss, val_loss, training_state=True)
+            end_of_epoch(self, epoch, train_loss, val_loss, {})
             if self.step % self.steps_per_epoch == 0:
                 epoch += 1
         bar.close()
@@ -502,6 +495,20 @@ class Trainer:
             "linear_prior_fit": self.prior_fit,
             "output_dir": str(self.out),
         }
+
+
+def end_of_epoch(trainer: Any, epoch: int, train_loss: float, val_loss: float, extra: dict[str, Any]) -> None:
+    """What every trainer writes at the end of an epoch: ``best.pt`` when the validation loss
+    improved (or cannot be measured), a ``train_log.jsonl`` line (rank 0; ``extra`` added) and
+    ``last.pt`` with the training state for ``--resume``."""
+    if math.isnan(val_loss) or val_loss < trainer.best_val:
+        trainer.best_val = val_loss if not math.isnan(val_loss) else trainer.best_val
+        trainer.save("best.pt", epoch, train_loss, val_loss, training_state=False)
+    if trainer.rank0:
+        with open(trainer.out / "train_log.jsonl", "a") as log:
+            record = {"epoch": epoch, "step": trainer.step, "train_loss": train_loss, "val_loss": val_loss, **extra}
+            log.write(json.dumps(record) + "\n")
+    trainer.save("last.pt", epoch, train_loss, val_loss, training_state=True)
 
 
 def train(
