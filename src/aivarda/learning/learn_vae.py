@@ -46,7 +46,7 @@ from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import ConfigError, DataError
 from aivarda.learning.nmc import NmcSamples
-from aivarda.learning.train_model import _all_sum, _is_rank0, end_of_epoch, rank0_first, setup_distributed
+from aivarda.learning.train_model import _all_sum, _is_rank0, rank0_first, run_epochs, setup_distributed
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -199,31 +199,17 @@ class VaeTrainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"learn-b vae {self.cfg.name}", unit="step",
                    disable=not self.progress)
         self.net.train()
-        train_loss, val = math.nan, (math.nan, math.nan, math.nan)
-        seconds: list[float] = []
-        epoch = self.step // self.steps_per_epoch
         t_start = time.perf_counter()
-        while self.step < self.total_steps:
-            run_sum = run_n = 0.0
-            for idx in self.epoch_batches(epoch)[self.step - epoch * self.steps_per_epoch :]:
-                t0 = time.perf_counter()
-                loss, kl = self.train_step(idx)
-                seconds.append(time.perf_counter() - t0)
-                run_sum, run_n = run_sum + loss, run_n + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4g}", kl=f"{kl:.4g}", epoch=epoch)
-                if self.step % self.t.checkpoint_every == 0 and self.step < self.total_steps:
-                    self.save("last.pt", epoch, run_sum / run_n, val[0], training_state=True)
-                if self.step >= self.total_steps or self.step == stop_after:
-                    break
-            if self.step == stop_after and self.step < self.total_steps:
-                self.save("last.pt", epoch, run_sum / max(run_n, 1), val[0], training_state=True)
-                break
-            total, n = _all_sum([run_sum, run_n], self.info)
-            train_loss, val = total / max(n, 1), self.validate()
-            end_of_epoch(self, epoch, train_loss, val[0], {"val_recon": val[1], "val_kl": val[2]})
-            if self.step % self.steps_per_epoch == 0:
-                epoch += 1
+
+        def step(idx: Any) -> tuple[float, dict[str, str]]:
+            loss, kl = self.train_step(idx)
+            return loss, {"loss": f"{loss:.4g}", "kl": f"{kl:.4g}"}
+
+        epoch, train_loss, val, seconds = run_epochs(
+            self, lambda epoch, done: self.epoch_batches(epoch)[done:], step, self.validate, self.t.checkpoint_every,
+            bar, stop_after, lambda v: {"val_recon": v[1], "val_kl": v[2]},
+        )
+        val = val if len(val) == 3 else (math.nan, math.nan, math.nan)
         bar.close()
         if self.info.world_size > 1:
             dist.barrier()

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -452,32 +452,18 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.cfg.name}", unit="step",
                    disable=not self.progress)
         self.model.train()
-        train_loss, val_loss, seconds = math.nan, math.nan, []
-        epoch = self.step // self.steps_per_epoch
-        while self.step < self.total_steps:
-            done_in_epoch = self.step - epoch * self.steps_per_epoch
-            loader = DataLoader(self.train_ds, batch_sampler=self.epoch_batches(epoch)[done_in_epoch:],
-                                num_workers=self.cfg.num_workers)
-            run_sum = run_n = 0.0
-            for batch in loader:
-                t0 = time.perf_counter()
-                loss = self.train_step(batch)
-                seconds.append(time.perf_counter() - t0)
-                run_sum, run_n = run_sum + loss, run_n + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if self.step % self.cfg.checkpoint_every == 0 and self.step < self.total_steps:
-                    self.save("last.pt", epoch, run_sum / run_n, val_loss, training_state=True)
-                if self.step >= self.total_steps or self.step == stop_after:
-                    break
-            if self.step == stop_after and self.step < self.total_steps:
-                self.save("last.pt", epoch, run_sum / max(run_n, 1), val_loss, training_state=True)
-                break
-            total, n = _all_sum([run_sum, run_n], self.info)
-            train_loss, val_loss = total / max(n, 1), self.validate()
-            end_of_epoch(self, epoch, train_loss, val_loss, {})
-            if self.step % self.steps_per_epoch == 0:
-                epoch += 1
+
+        def batches(epoch: int, done_in_epoch: int) -> Any:
+            return DataLoader(self.train_ds, batch_sampler=self.epoch_batches(epoch)[done_in_epoch:],
+                              num_workers=self.cfg.num_workers)
+
+        def step(batch: Any) -> tuple[float, dict[str, str]]:
+            loss = self.train_step(batch)
+            return loss, {"loss": f"{loss:.4g}", "lr": f"{self.scheduler.get_last_lr()[0]:.2e}"}
+
+        epoch, train_loss, (val_loss,), seconds = run_epochs(
+            self, batches, step, lambda: (self.validate(),), self.cfg.checkpoint_every, bar, stop_after
+        )
         bar.close()
         if self.info.world_size > 1:
             dist.barrier()
@@ -495,6 +481,52 @@ class Trainer:
             "linear_prior_fit": self.prior_fit,
             "output_dir": str(self.out),
         }
+
+
+def run_epochs(
+    trainer: Any,
+    batches: Callable[[int, int], Iterable[Any]],
+    step: Callable[[Any], tuple[float, dict[str, str]]],
+    validate: Callable[[], tuple[float, ...]],
+    checkpoint_every: int,
+    bar: Any,
+    stop_after: int | None,
+    log_extra: Callable[[tuple[float, ...]], dict[str, Any]] = lambda val: {},
+) -> tuple[int, float, tuple[float, ...], list[float]]:
+    """The epoch loop every trainer shares (``trainer`` has ``step``, ``total_steps``,
+    ``steps_per_epoch``, ``info``, ``save`` and what :func:`end_of_epoch` needs).
+
+    ``batches(epoch, done)`` yields the batches of ``epoch`` after the first ``done`` (a resumed
+    epoch continues where it stopped); ``step(batch)`` trains on one and returns its loss and the
+    progress-bar fields; ``validate()`` returns the validation loss first (``log_extra`` turns the
+    rest into fields of the training log). ``last.pt`` is written
+    every ``checkpoint_every`` steps and at ``stop_after``; each completed epoch ends with
+    :func:`end_of_epoch`. Returns the epoch, the last training loss, the last validation tuple and
+    the seconds of each step."""
+    train_loss, val, seconds = math.nan, (math.nan,), []
+    epoch = trainer.step // trainer.steps_per_epoch
+    while trainer.step < trainer.total_steps:
+        run_sum = run_n = 0.0
+        for batch in batches(epoch, trainer.step - epoch * trainer.steps_per_epoch):
+            t0 = time.perf_counter()
+            loss, postfix = step(batch)
+            seconds.append(time.perf_counter() - t0)
+            run_sum, run_n = run_sum + loss, run_n + 1
+            bar.update(1)
+            bar.set_postfix(**postfix, epoch=epoch)
+            if trainer.step % checkpoint_every == 0 and trainer.step < trainer.total_steps:
+                trainer.save("last.pt", epoch, run_sum / run_n, val[0], training_state=True)
+            if trainer.step >= trainer.total_steps or trainer.step == stop_after:
+                break
+        if trainer.step == stop_after and trainer.step < trainer.total_steps:
+            trainer.save("last.pt", epoch, run_sum / max(run_n, 1), val[0], training_state=True)
+            break
+        total, n = _all_sum([run_sum, run_n], trainer.info)
+        train_loss, val = total / max(n, 1), validate()
+        end_of_epoch(trainer, epoch, train_loss, val[0], log_extra(val))
+        if trainer.step % trainer.steps_per_epoch == 0:
+            epoch += 1
+    return epoch, train_loss, val, seconds
 
 
 def end_of_epoch(trainer: Any, epoch: int, train_loss: float, val_loss: float, extra: dict[str, Any]) -> None:
