@@ -44,9 +44,9 @@ from aivarda.background.vae.checkpoint import VaeCheckpoint, channel_std, time_s
 from aivarda.background.vae.config import LearnVaeConfig
 from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
-from aivarda.errors import ConfigError, DataError
+from aivarda.errors import DataError
 from aivarda.learning.nmc import NmcSamples
-from aivarda.learning.train_model import _all_sum, _is_rank0, rank0_first, run_epochs, setup_distributed
+from aivarda.learning.train_model import _all_sum, _is_rank0, process_setup, rank0_first, run_epochs, setup_distributed
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -68,14 +68,10 @@ class VaeTrainer:
     def __init__(self, cfg: LearnVaeConfig, samples: NmcSamples, progress: bool = True) -> None:
         t = cfg.vae.training
         self.cfg, self.t = cfg, t
-        self.info = info = setup_distributed(t.device)
+        self.info, self.local_batch = process_setup(t.device, t.batch_size, "vae.training.batch_size")
+        info = self.info
         self.rank0 = info.rank == 0
         self.progress = progress and self.rank0
-        if t.batch_size % info.world_size:
-            raise ConfigError(
-                f"vae.training.batch_size ({t.batch_size}) must be divisible by the number of processes ({info.world_size})"
-            )
-        self.local_batch = t.batch_size // info.world_size
         train_idx, val_idx = split_by_time(samples.valid_times, t.val_fraction)
         if train_idx.size < t.batch_size:
             raise DataError(

@@ -275,14 +275,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
         self.cfg = cfg
-        self.info = info = setup_distributed(cfg.device)
+        self.info, self.local_batch = process_setup(cfg.device, cfg.batch_size, "batch_size")
+        info = self.info
         self.rank0 = info.rank == 0
         self.progress = progress and self.rank0
-        if cfg.batch_size % info.world_size:
-            raise ConfigError(
-                f"batch_size ({cfg.batch_size}) must be divisible by the number of processes ({info.world_size})"
-            )
-        self.local_batch = cfg.batch_size // info.world_size
         self.k, dt = cfg.rollout_steps, cfg.model.dt
         torch.manual_seed(cfg.seed)
 
@@ -481,6 +477,15 @@ class Trainer:
             "linear_prior_fit": self.prior_fit,
             "output_dir": str(self.out),
         }
+
+
+def process_setup(device: str, batch_size: int, key: str) -> tuple[Any, int]:
+    """This process of a (possibly distributed) training: its :func:`setup_distributed` info and
+    its share of the global batch (``key`` names the batch-size field in the error)."""
+    info = setup_distributed(device)
+    if batch_size % info.world_size:
+        raise ConfigError(f"{key} ({batch_size}) must be divisible by the number of processes ({info.world_size})")
+    return info, batch_size // info.world_size
 
 
 def run_epochs(
