@@ -407,10 +407,14 @@ _STATE_FIELDS = ("vorticity", "divergence", "temperature_variation", "log_surfac
 
 def save_state(path: Path, model: HeldSuarezModel, state: Any, meta: dict[str, Any]) -> None:
     """Save a modal state (non-dimensional, float32) and its metadata to ``path`` (.npz)."""
-    arrays = {k: np.asarray(state.tracers[Q_KEY] if k == Q_KEY else getattr(state, k), dtype=np.float32)
-              for k in _STATE_FIELDS}
+    arrays = _state_arrays(state)
     meta = {"resolution": model.cfg.resolution, "sigma_levels": model.cfg.sigma_levels, **meta}
     atomic_write(path, lambda tmp: np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays))
+
+
+def _state_arrays(state: Any) -> dict[str, np.ndarray]:
+    return {k: np.asarray(state.tracers[Q_KEY] if k == Q_KEY else getattr(state, k), dtype=np.float32)
+            for k in _STATE_FIELDS}
 
 
 def load_state(path: Path, model: HeldSuarezModel) -> Any:
@@ -632,7 +636,9 @@ def restart_identity(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in ("kind", "fingerprint", "origin", "valid_time", "elapsed_hours", "sha256")}
 
 
-def make_restart(cfg: NatureRunConfig, at: datetime | np.datetime64, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+def make_restart(
+    cfg: NatureRunConfig, at: datetime | np.datetime64, progress: bool = True
+) -> tuple[Any, dict[str, Any]]:
     """The state of the run ``cfg`` at ``at`` and its restart metadata.
 
     The run is integrated from ``cfg``'s initial state exactly as :func:`generate_nature_run`
@@ -673,7 +679,7 @@ def make_restart(cfg: NatureRunConfig, at: datetime | np.datetime64, progress: b
 
 def save_restart(path: Path, model: HeldSuarezModel, state: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """Save a restart (:func:`save_state`) with ``meta`` plus the SHA-256 of its arrays; returns the metadata."""
-    arrays = [np.asarray(state.tracers[Q_KEY] if k == Q_KEY else getattr(state, k), dtype=np.float32) for k in _STATE_FIELDS]
+    arrays = _state_arrays(state).values()
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
     meta = {**meta, "sha256": digest}
     save_state(path, model, state, meta)

@@ -93,7 +93,8 @@ def restart_main(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else RESTART_ASSET
     if out.exists() and not args.force:
         raise AivardaError(f"{out}: already exists; pass --force to replace it")
-    print(f"restart: {cfg.resolution} L{cfg.sigma_levels}, seed {cfg.seed}, {cfg.start.isoformat()} → {str(at)[:16]} → {out}")
+    print(f"restart: {cfg.resolution} L{cfg.sigma_levels}, seed {cfg.seed}, "
+          f"{cfg.start.isoformat()} → {str(at)[:16]} → {out}")
     t0, c0 = time.perf_counter(), os.times()
     state, meta = make_restart(cfg, at, progress=True)
     elapsed, c1 = time.perf_counter() - t0, os.times()
