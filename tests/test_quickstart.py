@@ -26,6 +26,12 @@ def test_quickstart_tiny_runs_every_stage(tiny_nature_run: Path, tmp_path: Path,
     assert genbe["ana_wrmse"]["z500"] < 0.8 * genbe["bg_wrmse"]["z500"]
     for name in report:
         assert (run_dir / name / "metrics.json").is_file()
+    # the leakage guard ran: the scored day (2000-01-04) is outside the GEN_BE statistics' 01-01…01-03
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["in_sample"] is False and provenance["warnings"] == []
+    assert provenance["evaluated"]["start"] == "2000-01-04T00:00:00"
+    (genbe,) = provenance["artefacts"]
+    assert genbe["verb"] == "fitted on" and genbe["spans"][0]["end"] == "2000-01-03T18:00:00"
     # a second run (the same second, possibly) writes a new directory and leaves the first untouched
     before = (run_dir / "report.json").read_bytes()
     assert main(["quickstart", "--tiny", "--json", "--out", str(tmp_path)]) == 0
