@@ -315,6 +315,11 @@ def test_a_restart_must_match_the_world_and_start(tmp_path: Path, capsys: pytest
     np.savez(not_restart, meta=np.array(json.dumps({"resolution": "T21"})))
     with pytest.raises(DataError, match="not a restart state"):
         restart_meta(_from_restart(not_restart, datetime(2000, 1, 1, 6)))
+    with np.load(restart) as npz:  # a restart whose recorded world is not the one of its configuration
+        forged = {k: npz[k] for k in npz.files} | {"meta": np.array(json.dumps(meta | {"fingerprint": "0" * 16}))}
+    np.savez(not_restart, **forged)
+    with pytest.raises(DataError, match=r"records world 0{16} .* but the configuration it was made with is world"):
+        restart_meta(_from_restart(not_restart, datetime(2000, 1, 1, 6)))
     with pytest.raises(ConfigError, match="whole number of 30-min steps"):
         make_restart(cfg, np.datetime64("2000-01-01T00:10"), progress=False)
     with pytest.raises(ConfigError, match="restart_file is only read with initial_state: restart"):

@@ -617,6 +617,14 @@ def restart_meta(cfg: NatureRunConfig) -> dict[str, Any]:
         meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
     if meta.get("kind") != RESTART_KIND:
         raise DataError(f"{path}: not a restart state of `aivarda data restart` (no {RESTART_KIND!r} metadata)")
+    if meta["config"].get("initial_state") != "restart":  # taken from a run from its initial state: check the world
+        from aivarda.data.fingerprint import nature_run_fingerprint
+
+        world = (nature_run_fingerprint(meta["config"]), str(meta["config"]["start"]))
+        if meta["fingerprint"] != world[0] or np.datetime64(meta["origin"], "ns") != np.datetime64(world[1], "ns"):
+            raise DataError(f"{path}: records world {meta['fingerprint']} (origin {meta['origin']}) but the "
+                            f"configuration it was made with is world {world[0]} (origin {world[1]}); "
+                            "remake it with `aivarda data restart`")
     valid = np.datetime64(meta["valid_time"], "ns")
     if np.datetime64(cfg.start, "ns") != valid:
         raise ConfigError(f"start: {cfg.start.isoformat()} is not the valid time of the restart {path.name} "
