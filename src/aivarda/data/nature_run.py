@@ -14,7 +14,9 @@ Initial state: the spun-up T42 state shipped in ``aivarda/assets`` (made by ``ai
 spin-up``: 200 days from an isothermal rest atmosphere), truncated spectrally / regridded in σ to
 the configured resolution, plus seeded Gaussian noise of ``perturbation_kelvin`` on T — or, with
 ``initial_state: rest``, an isothermal (288 K) rest atmosphere with the same noise spun up for
-``spin_up_days``. Either way the state is dated ``start`` (2000-01-01T00 by default).
+``spin_up_days``; or, with ``initial_state: restart``, a run's state saved by ``aivarda data restart``
+(:func:`make_restart`; the shipped one is the default world on 2000-07-16T00), which the run
+continues bit for bit. Either way the state is dated ``start`` (2000-01-01T00 by default).
 
 Output (see :mod:`aivarda.data.zarr_writer`): FengWu's 69 channels on the WeatherBench2 layout.
 ``u, v, t, q, z`` are interpolated linearly in ln p from σ to the 13 pressure levels; below the
