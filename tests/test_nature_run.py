@@ -17,7 +17,7 @@ from aivarda.channels import (
     ChannelLayout,
 )
 from aivarda.cli import main as cli_main
-from aivarda.config import load_config
+from aivarda.config import load_config, validate
 from aivarda.data.nature_run import (
     GRAVITY,
     LAPSE_RATE,
@@ -229,6 +229,118 @@ def test_default_config_and_cached_store(tmp_path: Path, monkeypatch: pytest.Mon
     stamp = (first / ".zmetadata").stat().st_mtime_ns
     assert ensure_nature_run(_short_cfg(), progress=False) == first
     assert (first / ".zmetadata").stat().st_mtime_ns == stamp  # cached, not regenerated
+
+
+# ---------------------------------------------------------------------------------------------- restarts
+def _from_restart(restart: Path, start: datetime, **changes: object) -> NatureRunConfig:
+    """The tiny world continued from ``restart`` (dated ``start``): 6-hourly on 2000-01-03, then the
+    first 3 hours of 2000-01-04 hourly (all times of the tiny store)."""
+    spans = {
+        "train": SpanConfig(start=datetime(2000, 1, 3), end=datetime(2000, 1, 3, 18), interval_hours=6),
+        "eval": SpanConfig(start=datetime(2000, 1, 4), end=datetime(2000, 1, 4, 2), interval_hours=1),
+    }
+    fields = {**NatureRunConfig.tiny().model_dump(), "initial_state": "restart", "restart_file": restart,
+              "start": start, "spans": spans, **changes}
+    return NatureRunConfig.model_validate(fields)
+
+
+def test_a_run_from_a_restart_continues_the_trajectory(
+    tmp_path: Path, tiny: xr.Dataset, tiny_nature_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny world's restart after 27 h (not an output time of the tiny store), continued for two
+    days with other steps between outputs: the states equal the continuous run's at the same valid
+    times, and the store is the same world (fingerprint) with the same origin, so the leakage guard
+    compares it by date."""
+    from aivarda.data.fingerprint import nature_run_fingerprint, nature_run_origin, store_identity
+
+    restart = tmp_path / "restart.npz"
+    assert cli_main(["data", "restart", "--tiny", "--at", "2000-01-02T03", "--out", str(restart)]) == 0
+    assert "1.125 simulated days" in capsys.readouterr().out
+    with np.load(restart) as npz:
+        meta = json.loads(str(npz["meta"]))
+    world = store_identity(tiny_nature_run)
+    assert meta["fingerprint"] == world.fingerprint and np.datetime64(meta["origin"], "ns") == world.origin
+    assert (meta["valid_time"], meta["elapsed_hours"], meta["command"].split()[:3]) == (
+        "2000-01-02T03:00:00", 27.0, ["aivarda", "data", "restart"])
+
+    cfg = _from_restart(restart, datetime(2000, 1, 2, 3))
+    assert nature_run_fingerprint(cfg) == world.fingerprint and nature_run_origin(cfg) == world.origin
+    out = xr.open_zarr(generate_nature_run(cfg, tmp_path / "r.zarr", progress=False))
+    ref = tiny.sel(time=out.time.values)
+    assert out.time.size == 7
+    for name in out.data_vars:  # bit-identical: the restart is the state itself, the same compiled steps follow
+        np.testing.assert_array_equal(out[name].values, ref[name].values, err_msg=name)
+    identity = store_identity(tmp_path / "r.zarr")
+    assert (identity.fingerprint, identity.origin) == (world.fingerprint, world.origin)
+    assert identity.content != world.content
+
+    # a restart of the restart run: the same world, the elapsed time adds up
+    again = tmp_path / "again.npz"
+    args = ["--config", _yaml(tmp_path, cfg), "--at", "2000-01-03T00", "--out", str(again)]
+    assert cli_main(["data", "restart", *args]) == 0
+    with np.load(again) as npz:
+        meta2 = json.loads(str(npz["meta"]))
+    assert (meta2["fingerprint"], meta2["origin"]) == (meta["fingerprint"], meta["origin"])
+    assert meta2["elapsed_hours"] == 48.0
+
+
+def _yaml(tmp_path: Path, cfg: NatureRunConfig) -> str:
+    import yaml
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.dump()))
+    return str(path)
+
+
+def test_a_restart_must_match_the_world_and_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run from a restart with another seed, resolution or start date, a missing file, or a file
+    that is not a restart: one clear error naming the field."""
+    from aivarda.data.nature_run import RESTART_KIND, build_model, make_restart, restart_meta, save_restart
+
+    restart = tmp_path / "restart.npz"
+    cfg = _short_cfg()
+    state, meta = make_restart(cfg, np.datetime64("2000-01-01T06"), progress=False)
+    meta = save_restart(restart, build_model(cfg), state, meta)
+    assert meta["kind"] == RESTART_KIND and len(meta["sha256"]) == 64
+    assert restart_meta(_from_restart(restart, datetime(2000, 1, 1, 6)))["valid_time"] == "2000-01-01T06:00:00"
+    with pytest.raises(ConfigError, match=r"start: 2000-01-01T00:00:00 is not the valid time .*start: 2000-01-01T06"):
+        restart_meta(_from_restart(restart, datetime(2000, 1, 1)))
+    with pytest.raises(ConfigError, match=r"seed: must equal the restart's .*seed=0"):
+        restart_meta(_from_restart(restart, datetime(2000, 1, 1, 6), seed=1))
+    with pytest.raises(ConfigError, match=r"resolution, sigma_levels: must equal"):
+        restart_meta(_from_restart(restart, datetime(2000, 1, 1, 6), resolution="T31", sigma_levels=13))
+    with pytest.raises(DataError, match="restart state not found"):
+        restart_meta(_from_restart(tmp_path / "none.npz", datetime(2000, 1, 1, 6)))
+    not_restart = tmp_path / "x.npz"
+    np.savez(not_restart, meta=np.array(json.dumps({"resolution": "T21"})))
+    with pytest.raises(DataError, match="not a restart state"):
+        restart_meta(_from_restart(not_restart, datetime(2000, 1, 1, 6)))
+    with np.load(restart) as npz:  # a restart whose recorded world is not the one of its configuration
+        forged = {k: npz[k] for k in npz.files} | {"meta": np.array(json.dumps(meta | {"fingerprint": "0" * 16}))}
+    np.savez(not_restart, **forged)
+    with pytest.raises(DataError, match=r"records world 0{16} .* but the configuration it was made with is world"):
+        restart_meta(_from_restart(not_restart, datetime(2000, 1, 1, 6)))
+    with pytest.raises(ConfigError, match="whole number of 30-min steps"):
+        make_restart(cfg, np.datetime64("2000-01-01T00:10"), progress=False)
+    with pytest.raises(ConfigError, match="restart_file is only read with initial_state: restart"):
+        validate(NatureRunConfig, {"restart_file": str(restart)}, "nr.yaml")
+    assert cli_main(["data", "restart", "--tiny", "--at", "2000-01-01T06"]) == 2  # the packaged one is the default world's
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_the_shipped_restart_is_the_default_world_on_2000_07_16() -> None:
+    """The packaged restart: the default world's state 197 days after its origin, small, finite."""
+    from aivarda.data.fingerprint import nature_run_fingerprint
+    from aivarda.data.nature_run import RESTART_ASSET, RESTART_TIME
+
+    assert RESTART_ASSET.stat().st_size < 20e6
+    with np.load(RESTART_ASSET) as npz:
+        meta = json.loads(str(npz["meta"]))
+        assert all(np.all(np.isfinite(npz[k])) for k in npz.files if k != "meta")
+    assert meta["fingerprint"] == nature_run_fingerprint(NatureRunConfig())
+    assert (meta["origin"], meta["valid_time"]) == ("2000-01-01T00:00:00", RESTART_TIME.isoformat())
+    assert meta["elapsed_hours"] == 197 * 24 and meta["config"] == NatureRunConfig().dump()
+    assert meta["command"] == "aivarda data restart --at 2000-07-16T00"
 
 
 # ---------------------------------------------------------------------------------------------- writer

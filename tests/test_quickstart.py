@@ -26,6 +26,12 @@ def test_quickstart_tiny_runs_every_stage(tiny_nature_run: Path, tmp_path: Path,
     assert genbe["ana_wrmse"]["z500"] < 0.8 * genbe["bg_wrmse"]["z500"]
     for name in report:
         assert (run_dir / name / "metrics.json").is_file()
+    # the leakage guard ran: the scored day (2000-01-04) is outside the GEN_BE statistics' 01-01…01-03
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["in_sample"] is False and provenance["warnings"] == []
+    assert provenance["evaluated"]["start"] == "2000-01-04T00:00:00"
+    (genbe,) = provenance["artefacts"]
+    assert genbe["verb"] == "fitted on" and genbe["spans"][0]["end"] == "2000-01-03T18:00:00"
     # a second run (the same second, possibly) writes a new directory and leaves the first untouched
     before = (run_dir / "report.json").read_bytes()
     assert main(["quickstart", "--tiny", "--json", "--out", str(tmp_path)]) == 0
@@ -68,3 +74,40 @@ def test_cycling_quickstart_with_shipped_models(
     for run in (var3, var4):
         rmse = run["rmse"]["z500"]
         assert rmse["analysis"] < 0.8 * none["rmse"]["z500"]["analysis"]
+
+
+def test_quickstart_scores_out_of_sample() -> None:
+    """The T42 quickstart continues the default world (the shipped models' trajectory, by
+    fingerprint and origin) from its 2000-07-16 restart and scores 2000-08-01…02: outside the
+    shipped models' training spans and its GEN_BE span, so the leakage guard passes; the old
+    quickstart period (2000-01-15…16 of the same world) and July are refused."""
+    import numpy as np
+
+    from aivarda.artefacts import trained_on_of_checkpoint
+    from aivarda.cycling.config import DEFAULT_MODEL, DEFAULT_WINDOW_MODEL
+    from aivarda.data.fingerprint import nature_run_fingerprint, nature_run_origin
+    from aivarda.data.nature_run import NatureRunConfig
+    from aivarda.errors import LeakageError
+    from aivarda.provenance import TimeSpan, TrainedOn, check_out_of_sample
+    from aivarda.quickstart import quickstart_nature_run
+
+    cfg = quickstart_nature_run()
+    world, origin = nature_run_fingerprint(cfg), nature_run_origin(cfg)
+    assert (world, origin) == (nature_run_fingerprint(NatureRunConfig()), np.datetime64("2000-01-01", "ns"))
+    models = trained_on_of_checkpoint(DEFAULT_MODEL) + trained_on_of_checkpoint(DEFAULT_WINDOW_MODEL)
+    assert [r.fingerprint for r in models] == [world] * len(models) and all(r.known for r in models)
+    train, scored = cfg.spans["train"], cfg.spans["eval"]
+    # GEN_BE's lagged-truth samples read the truth of the train span (and nothing earlier: the
+    # first valid time is the lag after its start)
+    genbe = TrainedOn("GEN_BE statistics", (TimeSpan(train.start, train.end, "train"),), fingerprint=world,
+                      origin=origin, verb="fitted on")
+    period = TimeSpan(scored.start, scored.end)
+    assert period.text() == "2000-08-01T00:00…2000-08-02T23:00"
+    assert check_out_of_sample(period, [*models, genbe], store_fingerprint=world, origin=origin) == []
+
+    old = NatureRunConfig(spans={"eval": {"start": "2000-01-15T00:00", "end": "2000-01-16T23:00", "interval_hours": 1}})
+    with pytest.raises(LeakageError, match=r"fengwu_6h\.pt .*trained on 2000-01-01T00:00…2000-06-12T12:00 \(train\)"):
+        check_out_of_sample(TimeSpan("2000-01-15", "2000-01-16T23"), models,
+                            store_fingerprint=nature_run_fingerprint(old), origin=nature_run_origin(old))
+    with pytest.raises(LeakageError, match=r"fengwu_1h\.pt .*2000-07-01T00:00…2000-07-28T20:00 \(train\)"):
+        check_out_of_sample(TimeSpan("2000-07-20", "2000-07-21"), models, store_fingerprint=world, origin=origin)

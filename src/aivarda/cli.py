@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=_handler("aivarda.data.nature_run_cli:spin_up_main"))
 
+    p = data.add_parser("restart", help="save a nature run's state at a time, to continue it from (initial_state: restart)")
+    p.add_argument("--at", required=True, help="valid time of the restart, e.g. 2000-07-16T00")
+    p.add_argument("--config", type=Path, default=None, help="YAML with NatureRunConfig fields (default: default world)")
+    p.add_argument("--tiny", action="store_true", help="the tiny world")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+    p.add_argument("--out", type=Path, default=None, help="output .npz (default: the packaged one; default world only)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_handler("aivarda.data.nature_run_cli:restart_main"))
+
     p = data.add_parser("describe", help="channels, grid, time range and per-channel statistics of a store")
     p.add_argument("store", type=Path)
     _add_json(p)

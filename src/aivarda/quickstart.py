@@ -2,10 +2,15 @@
 
 Stages (each cached under ``$AIVARDA_HOME`` after the first run):
 
-1. a short Held–Suarez nature run at T42 from the shipped spun-up state (two weeks 6-hourly for
-   statistics, two days hourly to assimilate in);
+1. a short Held–Suarez nature run at T42: the default world (the trajectory the shipped models
+   were trained on) continued from its shipped restart state of 2000-07-16T00
+   (``aivarda data restart``), two weeks 6-hourly (2000-07-18 … 07-31, for statistics) then two
+   days hourly (2000-08-01 … 08-02, to assimilate in) — 18 simulated days;
 2. GEN_BE statistics fitted from 48-h lagged-truth differences of its two weeks (the model-free
    stand-in for NMC samples, cached);
+   then the leakage guard (:func:`quickstart_guard`): the two scored days lie in the default
+   world's ``eval`` month, outside what the shipped models (``fengwu_6h``: January–June,
+   ``fengwu_1h``: July) and the GEN_BE statistics (July 18–31) learned from;
 3. with the shipped trained models (``aivarda/assets/fengwu_6h.pt`` and ``fengwu_1h.pt``):
    cycling experiments over the two hourly days (8 cycles of 6 h) with the seeds' observing system
    (5 % of the grid columns, all 69 channels, σ_o = 0.01 σ_clim with temperatures × 0.25, noise
@@ -37,7 +42,7 @@ from aivarda.assimilate import (
 )
 from aivarda.config import validate
 from aivarda.cycling.config import CyclingConfig, default_models_available
-from aivarda.data.nature_run import NatureRunConfig, SpanConfig, ensure_nature_run
+from aivarda.data.nature_run import RESTART_TIME, NatureRunConfig, SpanConfig, ensure_nature_run
 
 SINGLE_ANALYSES: dict[str, tuple[str, str]] = {
     "none": ("none", "diagonal"),
@@ -54,15 +59,42 @@ CYCLING_METHODS: dict[str, dict[str, object]] = {
 
 
 def quickstart_nature_run(tiny: bool = False) -> NatureRunConfig:
-    """Two weeks of 6-hourly states (statistics, lagged backgrounds) then two days hourly (analyses)."""
+    """Two weeks of 6-hourly states (statistics, lagged backgrounds) then two days hourly (analyses).
+
+    The default world from its shipped restart of 2000-07-16T00: ``train`` 2000-07-18T00 …
+    07-31T18 6-hourly, ``eval`` 2000-08-01T00 … 08-02T23 hourly, the same states as the default
+    store's at those times (the same fingerprint and origin), out of the shipped models' sample.
+    ``tiny``: :meth:`NatureRunConfig.tiny` (another world than the shipped models'; its ``train``
+    and ``eval`` spans are disjoint).
+    """
     if tiny:
         return NatureRunConfig.tiny()
     return NatureRunConfig(
+        initial_state="restart",
+        start=RESTART_TIME,
         spans={
-            "train": SpanConfig(start=datetime(2000, 1, 1), end=datetime(2000, 1, 14, 18), interval_hours=6),
-            "eval": SpanConfig(start=datetime(2000, 1, 15), end=datetime(2000, 1, 16, 23), interval_hours=1),
-        }
+            "train": SpanConfig(start=datetime(2000, 7, 18), end=datetime(2000, 7, 31, 18), interval_hours=6),
+            "eval": SpanConfig(start=datetime(2000, 8, 1), end=datetime(2000, 8, 2, 23), interval_hours=1),
+        },
     )
+
+
+def quickstart_guard(store: Path, genbe: Path, cycling: bool) -> dict:
+    """The leakage guard of the quickstart: its scored span (the store's ``eval`` span) must not
+    overlap what the GEN_BE statistics ``genbe`` were fitted on, nor (``cycling``) what the shipped
+    forecast models were trained on; raises :class:`~aivarda.errors.LeakageError` otherwise.
+    Returns the provenance record (:func:`aivarda.artefacts.guard_run`) written with the outputs."""
+    from aivarda.artefacts import guard_run, trained_on_of_genbe, trained_on_of_model
+    from aivarda.cycling import config as cycling_defaults
+    from aivarda.data.sources import Wb2ZarrSource, store_layout
+    from aivarda.provenance import TimeSpan
+
+    records = trained_on_of_genbe(genbe)
+    if cycling:
+        models = (cycling_defaults.DEFAULT_MODEL, cycling_defaults.DEFAULT_WINDOW_MODEL)
+        records = [r for m in models for r in trained_on_of_model(m)] + records
+    scored = TimeSpan.of(Wb2ZarrSource(store, store_layout(store), span="eval").times, "eval")
+    return guard_run(scored, store, records)
 
 
 def _lag(tiny: bool) -> str:
@@ -196,10 +228,14 @@ def main(args: argparse.Namespace) -> int:
     out = new_run_dir(Path(args.out))
     cycling = default_models_available() and not tiny
     stages = 2 + (len(CYCLING_METHODS) if cycling else len(SINGLE_ANALYSES))
-    print(f"[1/{stages}] nature run ({'tiny' if tiny else 'T42, 16 days'}) …", flush=True)
+    print(f"[1/{stages}] nature run ({'tiny' if tiny else 'T42, 18 days from the 2000-07-16 restart'}) …", flush=True)
     store = ensure_nature_run(quickstart_nature_run(tiny), progress=not quiet)
     print(f"[2/{stages}] GEN_BE statistics from {_lag(tiny)} lagged-truth differences …", flush=True)
     genbe = genbe_statistics(store, tiny, progress=not quiet)
+    provenance = quickstart_guard(store, genbe, cycling)
+    for warning in provenance["warnings"]:
+        print(f"warning: {warning}", flush=True)
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     if cycling:
         return cycling_quickstart(store, genbe, out, quiet)
     report: dict[str, dict] = {}

@@ -10,6 +10,10 @@ leakage guard (:mod:`aivarda.provenance`) can tell whether two stores hold the s
   common times), and the Held–Suarez forcing does not depend on the date, so the same initial state
   dated otherwise is the same trajectory shifted in time; the date is the store's *origin*, and the
   guard compares times since the origin.
+- a nature run started from a restart (``initial_state: restart``, :func:`aivarda.data.nature_run.make_restart`):
+  the fingerprint and origin of the run the restart was taken from (recorded in the restart and in
+  the store's attribute ``aivarda_restart``): it continues that trajectory, so the quickstart's store
+  made from the shipped restart of 2000-07-16 is compared with the default world by date.
 - any other store (a reanalysis): the world it declares in the attribute ``aivarda_world``
   (default ``"earth"``): every reanalysis store is the real atmosphere, compared by date, whatever
   its grid, variables or time coverage.
@@ -68,14 +72,28 @@ def _normalised_config(config: Mapping[str, Any]) -> dict[str, Any]:
     from aivarda.data.nature_run import NatureRunConfig
 
     try:
-        return json.loads(NatureRunConfig.model_validate(dict(config)).model_dump_json())
+        return NatureRunConfig.model_validate(dict(config)).dump()
     except ValueError:  # a store written by another version: hash what it recorded
         return dict(config)
 
 
+def _restart(config: Mapping[str, Any] | NatureRunConfig) -> dict[str, Any] | None:
+    """The checked restart metadata of an ``initial_state: restart`` configuration, else ``None``."""
+    from aivarda.data.nature_run import NatureRunConfig, restart_meta
+
+    if (config.initial_state if hasattr(config, "initial_state") else config.get("initial_state")) != "restart":
+        return None
+    cfg = config if isinstance(config, NatureRunConfig) else NatureRunConfig.model_validate(dict(config))
+    return restart_meta(cfg)
+
+
 def nature_run_fingerprint(config: Mapping[str, Any] | NatureRunConfig) -> str:
-    """Trajectory fingerprint of a nature-run configuration (module docstring)."""
-    cfg = json.loads(config.model_dump_json()) if hasattr(config, "model_dump_json") else _normalised_config(config)
+    """Trajectory fingerprint of a nature-run configuration (module docstring); a run from a
+    restart (``initial_state: restart``) has the fingerprint of the world the restart was taken from."""
+    restart = _restart(config)
+    if restart is not None:
+        return str(restart["fingerprint"])
+    cfg = config.dump() if hasattr(config, "dump") else _normalised_config(config)
     cfg = {k: v for k, v in cfg.items() if k not in ("spans", "start")}
     if cfg.get("initial_state") == "spun_up":
         cfg.pop("spin_up_days", None)  # unused when starting from the shipped state
@@ -83,6 +101,10 @@ def nature_run_fingerprint(config: Mapping[str, Any] | NatureRunConfig) -> str:
 
 
 def nature_run_origin(config: Mapping[str, Any] | NatureRunConfig) -> np.datetime64:
+    """Date of the world's initial state: ``start``, or the origin a restart records."""
+    restart = _restart(config)
+    if restart is not None:
+        return np.datetime64(restart["origin"], "ns")
     start = config.start if hasattr(config, "start") else config["start"]
     return np.datetime64(start, "ns")
 
@@ -96,7 +118,10 @@ def store_identity(source: Any) -> StoreIdentity:
     path = _path_of(source)
     ds = open_wb2_dataset(path)
     config = _read_json_attr(ds, "aivarda_config", path)
-    if isinstance(config, Mapping) and "start" in config:
+    restart = _read_json_attr(ds, "aivarda_restart", path)
+    if isinstance(restart, Mapping) and "fingerprint" in restart:  # a run from a restart: the world it continues
+        fingerprint, origin = str(restart["fingerprint"]), np.datetime64(restart["origin"], "ns")
+    elif isinstance(config, Mapping) and "start" in config:
         fingerprint, origin = nature_run_fingerprint(config), nature_run_origin(config)
     else:
         fingerprint, origin = _digest({"kind": "world", "world": str(ds.attrs.get(WORLD_ATTR, DEFAULT_WORLD))}), None

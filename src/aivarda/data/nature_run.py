@@ -14,7 +14,9 @@ Initial state: the spun-up T42 state shipped in ``aivarda/assets`` (made by ``ai
 spin-up``: 200 days from an isothermal rest atmosphere), truncated spectrally / regridded in σ to
 the configured resolution, plus seeded Gaussian noise of ``perturbation_kelvin`` on T — or, with
 ``initial_state: rest``, an isothermal (288 K) rest atmosphere with the same noise spun up for
-``spin_up_days``. Either way the state is dated ``start`` (2000-01-01T00 by default).
+``spin_up_days``; or, with ``initial_state: restart``, a run's state saved by ``aivarda data restart``
+(:func:`make_restart`; the shipped one is the default world on 2000-07-16T00), which the run
+continues bit for bit. Either way the state is dated ``start`` (2000-01-01T00 by default).
 
 Output (see :mod:`aivarda.data.zarr_writer`): FengWu's 69 channels on the WeatherBench2 layout.
 ``u, v, t, q, z`` are interpolated linearly in ln p from σ to the 13 pressure levels; below the
@@ -49,12 +51,16 @@ from pydantic import Field, field_validator, model_validator
 
 from aivarda.channels import ChannelLayout
 from aivarda.config import StrictModel
-from aivarda.errors import AivardaError, DataError
+from aivarda.errors import AivardaError, ConfigError, DataError
 from aivarda.files import atomic_write, remove_dead_tmp_siblings
 from aivarda.grid import Grid
 from aivarda.paths import ASSETS, aivarda_home
 
 SPINUP_ASSET = ASSETS / "held_suarez_t42_spinup.npz"
+RESTART_TIME = datetime(2000, 7, 16)
+RESTART_ASSET = ASSETS / "held_suarez_t42_restart_2000-07-16T00.npz"
+"""The default world's state at :data:`RESTART_TIME` (``aivarda data restart``)."""
+RESTART_KIND = "aivarda nature-run restart"
 Q_KEY = "specific_humidity"
 STEP_FILTER = {"tau": 0.0087504, "order": 1.5, "cutoff": 0.8}
 GRAVITY = 9.80665  # m s⁻²
@@ -112,8 +118,13 @@ class NatureRunConfig(StrictModel):
     time_step_minutes: float = Field(20.0, gt=0, le=60)
     seed: int = 0
     perturbation_kelvin: float = Field(0.1, ge=0, description="std of the seeded noise added to T")
-    initial_state: Literal["spun_up", "rest"] = Field(
-        "spun_up", description="'spun_up': the shipped spun-up state; 'rest': spin up from rest first"
+    initial_state: Literal["spun_up", "rest", "restart"] = Field(
+        "spun_up",
+        description="'spun_up': the shipped spun-up state; 'rest': spin up from rest first; "
+                    "'restart': a saved restart state of a run (restart_file), dated start",
+    )
+    restart_file: Path | None = Field(
+        None, description="initial_state: restart — the .npz of `aivarda data restart` (default: the shipped one)"
     )
     spin_up_days: float = Field(200.0, ge=0, description="spin-up length from rest (initial_state: rest, spin-up)")
     start: datetime = Field(datetime(2000, 1, 1), description="date of the initial (spun-up) state")
@@ -137,7 +148,22 @@ class NatureRunConfig(StrictModel):
                 raise ValueError(f"span {name!r} starts before the run's start {self.start.isoformat()}")
             if (span.start - self.start).total_seconds() % step_s:
                 raise ValueError(f"span {name!r} must start a whole number of time steps after start")
+        if self.restart_file is not None and self.initial_state != "restart":
+            raise ValueError("restart_file is only read with initial_state: restart")
         return self
+
+    def dump(self) -> dict[str, Any]:
+        """The configuration as JSON data (``restart_file`` only when set, so the configurations
+        written before it existed keep their hash and fingerprint)."""
+        return json.loads(self.dump_json())
+
+    def dump_json(self) -> str:
+        """:meth:`dump` as a JSON string (what :meth:`short_hash` hashes)."""
+        return self.model_dump_json(exclude=None if self.restart_file is not None else {"restart_file"})
+
+    def restart_path(self) -> Path:
+        """The restart state an ``initial_state: restart`` run starts from."""
+        return self.restart_file if self.restart_file is not None else RESTART_ASSET
 
     @classmethod
     def tiny(cls) -> NatureRunConfig:
@@ -163,9 +189,11 @@ class NatureRunConfig(StrictModel):
 
     def short_hash(self) -> str:
         """8 hex digits identifying the config (and the shipped state it starts from)."""
-        text = self.model_dump_json()
+        text = self.dump_json()
         if self.initial_state == "spun_up" and SPINUP_ASSET.is_file():
             text += hashlib.sha256(SPINUP_ASSET.read_bytes()).hexdigest()
+        if self.initial_state == "restart" and self.restart_path().is_file():
+            text += hashlib.sha256(self.restart_path().read_bytes()).hexdigest()
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -381,10 +409,14 @@ _STATE_FIELDS = ("vorticity", "divergence", "temperature_variation", "log_surfac
 
 def save_state(path: Path, model: HeldSuarezModel, state: Any, meta: dict[str, Any]) -> None:
     """Save a modal state (non-dimensional, float32) and its metadata to ``path`` (.npz)."""
-    arrays = {k: np.asarray(state.tracers[Q_KEY] if k == Q_KEY else getattr(state, k), dtype=np.float32)
-              for k in _STATE_FIELDS}
+    arrays = _state_arrays(state)
     meta = {"resolution": model.cfg.resolution, "sigma_levels": model.cfg.sigma_levels, **meta}
     atomic_write(path, lambda tmp: np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays))
+
+
+def _state_arrays(state: Any) -> dict[str, np.ndarray]:
+    return {k: np.asarray(state.tracers[Q_KEY] if k == Q_KEY else getattr(state, k), dtype=np.float32)
+            for k in _STATE_FIELDS}
 
 
 def load_state(path: Path, model: HeldSuarezModel) -> Any:
@@ -418,10 +450,14 @@ def _sigma_regrid_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def initial_state(model: HeldSuarezModel, progress: bool = False) -> Any:
-    """The state at ``cfg.start``: the shipped spun-up state + seeded noise, or a fresh spin-up."""
+    """The state at ``cfg.start``: the shipped spun-up state + seeded noise, a fresh spin-up, or a
+    restart state (as saved, no noise added: it is the state of a run at ``start``)."""
     cfg = model.cfg
     if cfg.initial_state == "rest":
         return spin_up(model, progress=progress)
+    if cfg.initial_state == "restart":
+        restart_meta(cfg)  # the restart must be of this world, dated start
+        return load_state(cfg.restart_path(), model)
     state = load_state(SPINUP_ASSET, model)
     return state.replace(temperature_variation=state.temperature_variation + _noise(model, cfg.seed))  # type: ignore[attr-defined]
 
@@ -459,9 +495,36 @@ def store_attrs(cfg: NatureRunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "aivarda_grid": cfg.grid().to_dict(),
         "aivarda_spans": {name: span.to_attr() for name, span in cfg.spans.items()},
-        "aivarda_config": json.loads(cfg.model_dump_json()),
+        "aivarda_config": cfg.dump(),
         "aivarda_channels": ChannelLayout.fengwu69().to_dict(),
+        **({"aivarda_restart": restart_identity(restart_meta(cfg))} if cfg.initial_state == "restart" else {}),
     }
+
+
+def _days_bar(start: np.datetime64, end: np.datetime64, desc: str, progress: bool) -> Any:
+    """A tqdm bar over the simulated days from ``start`` to ``end``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=float((end - start) / np.timedelta64(1, "D")), desc=desc, unit="day", disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} simulated days [{elapsed}<{remaining}]",
+    )
+
+
+def trajectory(model: HeldSuarezModel, state: Any, start: np.datetime64, times: np.ndarray) -> Any:
+    """Yield the states at ``times`` (sorted, ≥ ``start``) of the run from ``state`` at ``start``.
+
+    The model advances from one time to the next (``times[i] − times[i−1]`` in whole steps), so the
+    restart state at a time and the store's state at that time are the same computation. States are
+    dispatched asynchronously (JAX); the caller blocks when it reads one.
+    """
+    dt = np.timedelta64(round(model.dt_seconds), "s")
+    gaps = np.diff(np.concatenate([[np.datetime64(start, "ns")], np.asarray(times, dtype="datetime64[ns]")]))
+    if np.any(gaps < np.timedelta64(0, "s")) or np.any(gaps % dt):
+        raise DataError(f"nature run: output times must be sorted, from start on, whole steps of {dt} apart")
+    for n in gaps // dt:
+        state = model.advance(state, int(n))
+        yield state
 
 
 def _tmp_sibling(out: Path) -> Path:
@@ -481,8 +544,6 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
     The store is written to a temporary sibling and renamed at the end, so ``out`` is either
     absent or complete. An existing ``out`` is replaced only with ``force``.
     """
-    from tqdm.auto import tqdm
-
     from aivarda.data.zarr_writer import ZarrStateWriter
 
     out = Path(out)
@@ -495,25 +556,25 @@ def generate_nature_run(cfg: NatureRunConfig, out: str | Path, *, force: bool = 
     try:
         model = build_model(cfg)
         state = initial_state(model, progress=progress)
-        dt = np.timedelta64(round(model.dt_seconds), "s")
         start = np.datetime64(cfg.start, "ns")
-        steps = np.diff(np.concatenate([[start], times])) // dt
-        days = float((times[-1] - start) / np.timedelta64(1, "D"))
         grid, layout = cfg.grid(), ChannelLayout.fengwu69()
-        with ZarrStateWriter(tmp, grid, layout, times, store_attrs(cfg)) as writer, tqdm(
-            total=days, desc="nature run", unit="day", disable=not progress,
-            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} simulated days [{elapsed}<{remaining}]",
+        with ZarrStateWriter(tmp, grid, layout, times, store_attrs(cfg)) as writer, _days_bar(
+            start, times[-1], "nature run", progress
         ) as bar:
-            state = model.advance(state, int(steps[0]))
-            for i in range(times.size):
-                channels = model.diagnose(state)
-                if i + 1 < times.size:  # dispatch the next integration before writing this state
-                    state = model.advance(state, int(steps[i + 1]))
+            def write(i: int, channels: Any) -> None:
                 values = np.asarray(channels)
                 if not np.all(np.isfinite(values)):
                     raise DataError(f"nature run: non-finite values at {times[i]}; reduce time_step_minutes")
                 writer.write(i, values)
                 bar.update(float((times[i] - start) / np.timedelta64(1, "D")) - bar.n)  # ends at `days`
+
+            pending = None
+            for i, state in enumerate(trajectory(model, state, start, times)):
+                channels = model.diagnose(state)
+                if pending is not None:  # the next integration is dispatched before writing this state
+                    write(i - 1, pending)
+                pending = channels
+            write(times.size - 1, pending)
         if out.exists():
             if not force:
                 raise AivardaError(f"{out}: appeared while generating; pass --force to replace it")
@@ -537,3 +598,99 @@ def ensure_nature_run(cfg: NatureRunConfig | None = None, progress: bool = True)
         if path.exists():  # another process finished first
             return path
         raise
+
+
+# ---------------------------------------------------------------------------------------------- restarts
+_NOT_WORLD = ("spans", "start", "initial_state", "restart_file", "spin_up_days")
+"""Configuration fields a restart run may differ in from the run its restart came from."""
+
+
+def restart_meta(cfg: NatureRunConfig) -> dict[str, Any]:
+    """The metadata of the restart ``cfg`` starts from, checked against ``cfg``.
+
+    A run from a restart continues the trajectory of the run the restart was taken from (its
+    *world*), so ``cfg`` must have that run's resolution, levels, step, seed, noise and moisture,
+    and ``start`` must be the restart's valid time; anything else is a ConfigError naming the field.
+    """
+    path = cfg.restart_path()
+    if not path.is_file():
+        raise DataError(f"{path}: restart state not found; make it with `aivarda data restart` (restart_file)")
+    with np.load(path) as npz:
+        meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+    if meta.get("kind") != RESTART_KIND:
+        raise DataError(f"{path}: not a restart state of `aivarda data restart` (no {RESTART_KIND!r} metadata)")
+    if meta["config"].get("initial_state") != "restart":  # taken from a run from its initial state: check the world
+        from aivarda.data.fingerprint import nature_run_fingerprint
+
+        world = (nature_run_fingerprint(meta["config"]), str(meta["config"]["start"]))
+        if meta["fingerprint"] != world[0] or np.datetime64(meta["origin"], "ns") != np.datetime64(world[1], "ns"):
+            raise DataError(f"{path}: records world {meta['fingerprint']} (origin {meta['origin']}) but the "
+                            f"configuration it was made with is world {world[0]} (origin {world[1]}); "
+                            "remake it with `aivarda data restart`")
+    valid = np.datetime64(meta["valid_time"], "ns")
+    if np.datetime64(cfg.start, "ns") != valid:
+        raise ConfigError(f"start: {cfg.start.isoformat()} is not the valid time of the restart {path.name} "
+                          f"({meta['valid_time']}); set start: {meta['valid_time']}")
+    mine, theirs = cfg.dump(), meta["config"]
+    differ = sorted(k for k in set(mine) | set(theirs) if k not in _NOT_WORLD and mine.get(k) != theirs.get(k))
+    if differ:
+        raise ConfigError(f"{', '.join(differ)}: must equal the restart's ({path.name}: "
+                          + ", ".join(f"{k}={theirs.get(k)!r}" for k in differ)
+                          + "); a restart continues the run it was taken from")
+    return meta
+
+
+def restart_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a store made from a restart records of it (attribute ``aivarda_restart``): the world
+    fingerprint and origin of the run it continues, its valid time and elapsed hours."""
+    return {k: meta[k] for k in ("kind", "fingerprint", "origin", "valid_time", "elapsed_hours", "sha256")}
+
+
+def make_restart(
+    cfg: NatureRunConfig, at: datetime | np.datetime64, progress: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """The state of the run ``cfg`` at ``at`` and its restart metadata.
+
+    The run is integrated from ``cfg``'s initial state exactly as :func:`generate_nature_run`
+    integrates it (through the output times before ``at``, then to ``at``), so a run started from
+    the restart (``initial_state: restart``, ``start: at``) continues the same trajectory. The
+    metadata records the world (fingerprint, origin: the date of the world's initial state), the
+    configuration it was integrated with, the valid time and the elapsed simulated hours.
+    """
+    from aivarda.data.fingerprint import nature_run_fingerprint, nature_run_origin
+
+    at = np.datetime64(at, "ns")
+    start = np.datetime64(cfg.start, "ns")
+    step = np.timedelta64(round(cfg.time_step_minutes * 60), "s")
+    if at < start or (at - start) % step:
+        raise ConfigError(f"--at {at}: must be a whole number of {cfg.time_step_minutes:g}-min steps "
+                          f"from the run's start {cfg.start.isoformat()}")
+    times = cfg.output_times()
+    times = np.concatenate([times[times < at], [at]])
+    model = build_model(cfg)
+    state = initial_state(model, progress=progress)
+    with _days_bar(start, at, "restart", progress) as bar:
+        for t, state in zip(times, trajectory(model, state, start, times)):
+            state.vorticity.block_until_ready()  # an honest progress bar
+            bar.update(float((t - start) / np.timedelta64(1, "D")) - bar.n)
+    _check_finite(state, f"the integration to {at}")
+    inherited = restart_meta(cfg) if cfg.initial_state == "restart" else None
+    elapsed = float((at - start) / np.timedelta64(1, "h"))
+    meta = {
+        "kind": RESTART_KIND,
+        "valid_time": str(np.datetime_as_string(at, "s")),
+        "fingerprint": inherited["fingerprint"] if inherited else nature_run_fingerprint(cfg),
+        "origin": inherited["origin"] if inherited else str(np.datetime_as_string(nature_run_origin(cfg), "s")),
+        "elapsed_hours": elapsed + (inherited["elapsed_hours"] if inherited else 0.0),
+        "config": cfg.dump(),
+    }
+    return state, meta
+
+
+def save_restart(path: Path, model: HeldSuarezModel, state: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """Save a restart (:func:`save_state`) with ``meta`` plus the SHA-256 of its arrays; returns the metadata."""
+    arrays = _state_arrays(state).values()
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
+    meta = {**meta, "sha256": digest}
+    save_state(path, model, state, meta)
+    return meta
