@@ -46,7 +46,18 @@ from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import DataError
 from aivarda.learning.nmc import NmcSamples
-from aivarda.learning.train_model import _all_sum, _is_rank0, process_setup, rank0_first, run_epochs, setup_distributed
+from aivarda.learning.train_model import (
+    _all_sum,
+    _is_rank0,
+    epoch_batches,
+    last_checkpoint,
+    process_setup,
+    rank0_first,
+    run_epochs,
+    run_metadata,
+    setup_distributed,
+    training_state,
+)
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -108,18 +119,11 @@ class VaeTrainer:
     # ------------------------------------------------------------------ checkpoints
     def metadata(self, epoch: int, train_loss: float, val_loss: float) -> dict[str, Any]:
         return {
-            "name": self.cfg.name,
-            "config": self.cfg.model_dump(mode="json"),
-            "step": self.step,
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
+            **run_metadata(self, epoch, train_loss, val_loss),
             "sigma": self.t.sigma,
             "train_span": time_span(self.train_times),
             "val_span": time_span(self.val_times),
             "samples": self.samples_info,
-            "world_size": self.info.world_size,
-            "torch": str(torch.__version__),
         }
 
     def save(self, name: str, epoch: int, train_loss: float, val_loss: float, training_state: bool) -> None:
@@ -133,16 +137,12 @@ class VaeTrainer:
 
     def resume(self) -> None:
         """Restore weights, optimiser state, step and best validation loss from ``output_dir/last.pt``."""
-        last = self.out / "last.pt"
-        if not last.is_file():
-            raise DataError(f"{last}: nothing to resume (no last.pt in output_dir)")
+        last = last_checkpoint(self.out)
         ckpt, payload = VaeCheckpoint.load(last)
-        if "training_state" not in payload:
-            raise DataError(f"{last}: checkpoint has no training state to resume from")
+        state = training_state(payload, last)
         if ckpt.metadata.get("train_span") != time_span(self.train_times) or not torch.equal(ckpt.err_std, self.ckpt.err_std):
             raise DataError(f"{last}: was trained on other NMC samples (train span {ckpt.metadata.get('train_span')})")
         self.net.load_state_dict(ckpt.net.state_dict())
-        state = payload["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
 
@@ -183,10 +183,7 @@ class VaeTrainer:
         return total[0] / n, total[1] / n, total[2] / n
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        self.sampler.set_epoch(epoch)
-        order = list(self.sampler)
-        b = self.local_batch
-        return [order[i : i + b] for i in range(0, self.steps_per_epoch * b, b)]
+        return epoch_batches(self, epoch)
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -206,9 +203,6 @@ class VaeTrainer:
             bar, stop_after, lambda v: {"val_recon": v[1], "val_kl": v[2]},
         )
         val = val if len(val) == 3 else (math.nan, math.nan, math.nan)
-        bar.close()
-        if self.info.world_size > 1:
-            dist.barrier()
         return {
             "steps": self.step,
             "epochs": epoch,

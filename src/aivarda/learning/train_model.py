@@ -348,16 +348,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def metadata(self, epoch: int, train_loss: float, val_loss: float) -> dict[str, Any]:
         return {
-            "name": self.cfg.name,
-            "config": self.cfg.model_dump(mode="json"),
-            "step": self.step,
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
+            **run_metadata(self, epoch, train_loss, val_loss),
             "store": str(self.source.path),
             "train_span": self.cfg.data.train_span,
-            "world_size": self.info.world_size,
-            "torch": torch.__version__,
             "linear_prior_fit": self.prior_fit,
             "trained_on": records_to_json(self.trained_on),
         }
@@ -379,17 +372,13 @@ class Trainer:
 
     def resume(self) -> None:
         """Restore weights, optimiser, scheduler, step and RNG from ``output_dir/last.pt``."""
-        last = self.out / "last.pt"
-        if not last.is_file():
-            raise DataError(f"{last}: nothing to resume (no last.pt in output_dir)")
+        last = last_checkpoint(self.out)
         payload = read_checkpoint(last)
-        if "training_state" not in payload:
-            raise DataError(f"{last}: checkpoint has no training state to resume from")
+        state = training_state(payload, last)
         self.model.net.load_state_dict(payload["state_dict"])
         if self.model.prior is not None:
             self.model.prior.load_state_dict(payload["linear_prior"]["state_dict"])
             self.prior_fit = payload["metadata"].get("linear_prior_fit")
-        state = payload["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
@@ -432,11 +421,7 @@ class Trainer:
         return total / count
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This process's batches of an epoch (its share of the epoch's seeded permutation)."""
-        self.sampler.set_epoch(epoch)
-        order = list(self.sampler)
-        b = self.local_batch
-        return [order[i : i + b] for i in range(0, self.steps_per_epoch * b, b)]
+        return epoch_batches(self, epoch)
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -460,9 +445,6 @@ class Trainer:
         epoch, train_loss, (val_loss,), seconds = run_epochs(
             self, batches, step, lambda: (self.validate(),), self.cfg.checkpoint_every, bar, stop_after
         )
-        bar.close()
-        if self.info.world_size > 1:
-            dist.barrier()
         return {
             "steps": self.step,
             "epochs": epoch,
@@ -477,6 +459,44 @@ class Trainer:
             "linear_prior_fit": self.prior_fit,
             "output_dir": str(self.out),
         }
+
+
+def epoch_batches(trainer: Any, epoch: int) -> list[list[int]]:
+    """This process's batches of an epoch: its share (``trainer.sampler``, a DistributedSampler) of
+    the epoch's seeded permutation, ``trainer.local_batch`` indices each."""
+    trainer.sampler.set_epoch(epoch)
+    order = list(trainer.sampler)
+    b = trainer.local_batch
+    return [order[i : i + b] for i in range(0, trainer.steps_per_epoch * b, b)]
+
+
+def run_metadata(trainer: Any, epoch: int, train_loss: float, val_loss: float) -> dict[str, Any]:
+    """What every trainer's checkpoint records about the run (the trainer adds its own fields)."""
+    return {
+        "name": trainer.cfg.name,
+        "config": trainer.cfg.model_dump(mode="json"),
+        "step": trainer.step,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "world_size": trainer.info.world_size,
+        "torch": str(torch.__version__),
+    }
+
+
+def last_checkpoint(out: Path) -> Path:
+    """``out/last.pt`` to resume from (one DataError line when there is none)."""
+    last = out / "last.pt"
+    if not last.is_file():
+        raise DataError(f"{last}: nothing to resume (no last.pt in output_dir)")
+    return last
+
+
+def training_state(payload: dict[str, Any], last: Path) -> dict[str, Any]:
+    """The training state (optimiser, step, …) a ``last.pt`` carries for ``--resume``."""
+    if "training_state" not in payload:
+        raise DataError(f"{last}: checkpoint has no training state to resume from")
+    return payload["training_state"]
 
 
 def process_setup(device: str, batch_size: int, key: str) -> tuple[Any, int]:
@@ -506,7 +526,8 @@ def run_epochs(
     progress-bar fields; ``validate()`` returns the validation loss first (``log_extra`` turns the
     rest into fields of the training log). ``last.pt`` is written
     every ``checkpoint_every`` steps and at ``stop_after``; each completed epoch ends with
-    :func:`end_of_epoch`. Returns the epoch, the last training loss, the last validation tuple and
+    :func:`end_of_epoch`; at the end the bar is closed and the processes wait for each other.
+    Returns the epoch, the last training loss, the last validation tuple and
     the seconds of each step."""
     train_loss, val, seconds = math.nan, (math.nan,), []
     epoch = trainer.step // trainer.steps_per_epoch
@@ -531,6 +552,9 @@ def run_epochs(
         end_of_epoch(trainer, epoch, train_loss, val[0], log_extra(val))
         if trainer.step % trainer.steps_per_epoch == 0:
             epoch += 1
+    bar.close()
+    if trainer.info.world_size > 1:
+        dist.barrier()
     return epoch, train_loss, val, seconds
 
 
