@@ -170,7 +170,7 @@ def test_config_selects_methods_from_yaml(tmp_path) -> None:
         ("method: 4dvar\nda_win: 1\n", "da_win: Input should be greater than or equal to 2"),
         ("method: 3dvar\nbackground_error: {type: nope}\n", "unknown background_error type"),
         ("method: 3dvar\nniter: 3\n", "niter: unknown key"),
-        ("method: 4dvar\nwindow_interval: 0h\n", "window_interval: Value error, must be positive"),
+        ("method: 4dvar\nwindow_interval: 0h\n", "window_interval: Value error, must be a positive duration"),
     ]:
         path.write_text(text)
         with pytest.raises(ConfigError, match=match):

@@ -520,7 +520,7 @@ def test_assimilate_lag_of_zero_is_a_config_error(tmp_path) -> None:
 
     config = tmp_path / "a.yaml"
     config.write_text(yaml.safe_dump({"data": {"source": "nature_run"}, "background": {"lag": "0h"}}))
-    with pytest.raises(ConfigError, match=r"a\.yaml: background\.lag: Value error, must be positive"):
+    with pytest.raises(ConfigError, match=r"a\.yaml: background\.lag: Value error, must be a positive duration"):
         load_config(config, AnalyseConfig)
 
 

@@ -33,13 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
 from aivarda.assimilation.analysis import analyse_window
 from aivarda.assimilation.minimizer import AnalysisResult
 from aivarda.components import DAExperimentConfig, build_components, leakage_guard
-from aivarda.config import Duration, StrictModel, load_config
+from aivarda.config import PositiveDuration, StrictModel, load_config
 from aivarda.data.sources import FieldSource, open_source
 from aivarda.errors import DataError
 from aivarda.evaluation.diagnostics import (
@@ -59,14 +59,7 @@ class BackgroundConfig(StrictModel):
     kind: Literal["lagged_truth"] = Field(
         default="lagged_truth", description="the truth `lag` before the window start (a persistence forecast)"
     )
-    lag: Duration = Field(default=timedelta(hours=48), description="age of the lagged truth, e.g. '48h'")
-
-    @field_validator("lag")
-    @classmethod
-    def _positive(cls, v: timedelta) -> timedelta:
-        if v <= timedelta(0):
-            raise ValueError("must be positive, e.g. '48h'")
-        return v
+    lag: PositiveDuration = Field(default=timedelta(hours=48), description="age of the lagged truth, e.g. '48h'")
 
 
 class AnalyseConfig(DAExperimentConfig):

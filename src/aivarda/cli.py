@@ -33,6 +33,16 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
 
 
+def _add_training(p: argparse.ArgumentParser, max_steps_key: str) -> None:
+    """The options of every training command (resumable, sliceable, quiet or JSON)."""
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    p.add_argument("--max-steps", type=int, default=None, help=f"override {max_steps_key}")
+    p.add_argument("--stop-after", type=int, default=None, help="pause after this many steps in total (resume later)")
+    p.add_argument("--out", type=Path, default=None, help="override output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(p)
+
+
 def _add_allow_in_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-in-sample", action="store_true",
                    help="score a period a model/B/statistics was trained on (stamped on every output)")
@@ -136,12 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a forecast model (multi-GPU/multi-node: launch the same command with torchrun)",
     )
     p.add_argument("config", type=Path, help="YAML with TrainConfig fields (e.g. configs/models/fengwu_6h.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
-    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
-    p.add_argument("--stop-after", type=int, default=None, help="pause after this many steps in total (resume later)")
-    p.add_argument("--out", type=Path, default=None, help="override output_dir")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_json(p)
+    _add_training(p, "max_steps")
     p.set_defaults(func=_handler("aivarda.learning.train_model:main"))
 
     p = sub.add_parser("eval-model", help="RMSE/ACC of a forecast model vs persistence and climatology by lead time")
@@ -185,14 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         "vae", help="train the VAE-Var background-error autoencoder on NMC samples (multi-GPU: under torchrun)"
     )
     p.add_argument("config", type=Path, help="YAML with LearnVaeConfig fields (e.g. configs/learn_b_vae.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    _add_training(p, "vae.training.max_steps")
     p.add_argument("--samples", type=Path, default=None, help="NMC sample file (default: the config's, or the cache)")
-    p.add_argument("--out", type=Path, default=None, help="override output_dir")
     p.add_argument("--epochs", type=int, default=None, help="override vae.training.epochs")
-    p.add_argument("--max-steps", type=int, default=None, help="override vae.training.max_steps")
-    p.add_argument("--stop-after", type=int, default=None, help="pause after this many steps in total (resume later)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_json(p)
     p.set_defaults(func=_handler("aivarda.learning.learn_vae:main"))
 
     return parser

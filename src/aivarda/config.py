@@ -157,6 +157,16 @@ def duration_hours(value: Any) -> float:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 """A config field given as ``"6h"``, ``"30min"``, ``"2d"`` or a number of hours → ``timedelta``."""
 
+
+def _positive_duration(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be a positive duration, e.g. '6h'")
+    return value
+
+
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive_duration)]
+"""A :data:`Duration` that must be > 0 (a window spacing, a lag)."""
+
 Hours = Annotated[float, BeforeValidator(duration_hours)]
 """A config field given like :data:`Duration` → float hours."""
 

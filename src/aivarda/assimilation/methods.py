@@ -42,7 +42,7 @@ from aivarda.assimilation.minimizer import AnalysisResult, Minimizer
 from aivarda.assimilation.window import BackgroundTrajectory, ModelPropagation, Propagation, Window
 from aivarda.background.registry import IdentityConfig, TransformConfig, parse_transform_config
 from aivarda.background.transforms import ControlTransform, EnsembleTransform
-from aivarda.config import Duration, StrictModel
+from aivarda.config import PositiveDuration, StrictModel
 from aivarda.errors import ConfigError
 from aivarda.geometry import Geometry
 from aivarda.models.base import ForecastModel, trajectory
@@ -84,17 +84,10 @@ class WindowConfig(AssimilationConfig):
     """A method whose observations span ``da_win`` window times ``window_interval`` apart."""
 
     da_win: int = Field(default=6, ge=2, description="window times T (observation times t_0 … t_0 + (T−1)·interval)")
-    window_interval: Duration = Field(default=timedelta(hours=1), description="spacing of the window times")
+    window_interval: PositiveDuration = Field(default=timedelta(hours=1), description="spacing of the window times")
     flow_error: float = Field(
         default=0.0, ge=0, description="model-error std per window time in units of σ_o: σ_t² = σ_o²·(1 + (flow_error·t)²)"
     )
-
-    @field_validator("window_interval")
-    @classmethod
-    def _positive(cls, v: timedelta) -> timedelta:
-        if v <= timedelta(0):
-            raise ValueError("must be positive")
-        return v
 
 
 @dataclass(frozen=True)
