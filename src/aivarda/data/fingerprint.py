@@ -28,19 +28,16 @@ other values, times or spans changes it.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from aivarda.data.nature_run import nature_run_fingerprint, nature_run_origin, world_digest
 from aivarda.data.sources import _read_json_attr, open_wb2_dataset
 from aivarda.provenance import TimeSpan, TrainedOn
-
-if TYPE_CHECKING:
-    from aivarda.data.nature_run import NatureRunConfig
 
 WORLD_ATTR = "aivarda_world"
 DEFAULT_WORLD = "earth"
@@ -59,54 +56,8 @@ class StoreIdentity:
     content: str
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _array_digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
-
-
-def _normalised_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration with today's defaults filled in (as written by this aivarda)."""
-    from aivarda.data.nature_run import NatureRunConfig
-
-    try:
-        return NatureRunConfig.model_validate(dict(config)).dump()
-    except ValueError:  # a store written by another version: hash what it recorded
-        return dict(config)
-
-
-def _restart(config: Mapping[str, Any] | NatureRunConfig) -> dict[str, Any] | None:
-    """The checked restart metadata of an ``initial_state: restart`` configuration, else ``None``."""
-    from aivarda.data.nature_run import NatureRunConfig, restart_meta
-
-    if (config.initial_state if hasattr(config, "initial_state") else config.get("initial_state")) != "restart":
-        return None
-    cfg = config if isinstance(config, NatureRunConfig) else NatureRunConfig.model_validate(dict(config))
-    return restart_meta(cfg)
-
-
-def nature_run_fingerprint(config: Mapping[str, Any] | NatureRunConfig) -> str:
-    """Trajectory fingerprint of a nature-run configuration (module docstring); a run from a
-    restart (``initial_state: restart``) has the fingerprint of the world the restart was taken from."""
-    restart = _restart(config)
-    if restart is not None:
-        return str(restart["fingerprint"])
-    cfg = config.dump() if hasattr(config, "dump") else _normalised_config(config)
-    cfg = {k: v for k, v in cfg.items() if k not in ("spans", "start")}
-    if cfg.get("initial_state") == "spun_up":
-        cfg.pop("spin_up_days", None)  # unused when starting from the shipped state
-    return _digest({"kind": "aivarda nature run", "config": cfg})
-
-
-def nature_run_origin(config: Mapping[str, Any] | NatureRunConfig) -> np.datetime64:
-    """Date of the world's initial state: ``start``, or the origin a restart records."""
-    restart = _restart(config)
-    if restart is not None:
-        return np.datetime64(restart["origin"], "ns")
-    start = config.start if hasattr(config, "start") else config["start"]
-    return np.datetime64(start, "ns")
 
 
 def _path_of(source: Any) -> Path:
@@ -124,7 +75,7 @@ def store_identity(source: Any) -> StoreIdentity:
     elif isinstance(config, Mapping) and "start" in config:
         fingerprint, origin = nature_run_fingerprint(config), nature_run_origin(config)
     else:
-        fingerprint, origin = _digest({"kind": "world", "world": str(ds.attrs.get(WORLD_ATTR, DEFAULT_WORLD))}), None
+        fingerprint, origin = world_digest({"kind": "world", "world": str(ds.attrs.get(WORLD_ATTR, DEFAULT_WORLD))}), None
     return StoreIdentity(str(path), fingerprint, origin, _content(ds, path))
 
 
@@ -157,7 +108,7 @@ def _content(ds: Any, path: Path) -> str:
             values = np.asarray(var.isel(sel).values, dtype=np.float32).ravel()
             samples.append(values[np.linspace(0, values.size - 1, min(VALUE_SAMPLES, values.size)).astype(int)])
         parts["values"] = _array_digest(np.concatenate(samples))
-    return _digest(parts)
+    return world_digest(parts)
 
 
 def trained_on_record(what: str, source: Any, spans: Sequence[TimeSpan], verb: str = "trained on") -> TrainedOn:

@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -620,8 +621,6 @@ def restart_meta(cfg: NatureRunConfig) -> dict[str, Any]:
     if meta.get("kind") != RESTART_KIND:
         raise DataError(f"{path}: not a restart state of `aivarda data restart` (no {RESTART_KIND!r} metadata)")
     if meta["config"].get("initial_state") != "restart":  # taken from a run from its initial state: check the world
-        from aivarda.data.fingerprint import nature_run_fingerprint
-
         world = (nature_run_fingerprint(meta["config"]), str(meta["config"]["start"]))
         if meta["fingerprint"] != world[0] or np.datetime64(meta["origin"], "ns") != np.datetime64(world[1], "ns"):
             raise DataError(f"{path}: records world {meta['fingerprint']} (origin {meta['origin']}) but the "
@@ -657,8 +656,6 @@ def make_restart(
     metadata records the world (fingerprint, origin: the date of the world's initial state), the
     configuration it was integrated with, the valid time and the elapsed simulated hours.
     """
-    from aivarda.data.fingerprint import nature_run_fingerprint, nature_run_origin
-
     at = np.datetime64(at, "ns")
     start = np.datetime64(cfg.start, "ns")
     step = np.timedelta64(round(cfg.time_step_minutes * 60), "s")
@@ -694,3 +691,47 @@ def save_restart(path: Path, model: HeldSuarezModel, state: Any, meta: dict[str,
     meta = {**meta, "sha256": digest}
     save_state(path, model, state, meta)
     return meta
+
+
+# ---------------------------------------------------------------------- the world's identity
+def world_digest(obj: Any) -> str:
+    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _normalised_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration with today's defaults filled in (as written by this aivarda)."""
+    try:
+        return NatureRunConfig.model_validate(dict(config)).dump()
+    except ValueError:  # a store written by another version: hash what it recorded
+        return dict(config)
+
+
+def _restart(config: Mapping[str, Any] | NatureRunConfig) -> dict[str, Any] | None:
+    """The checked restart metadata of an ``initial_state: restart`` configuration, else ``None``."""
+    if (config.initial_state if hasattr(config, "initial_state") else config.get("initial_state")) != "restart":
+        return None
+    cfg = config if isinstance(config, NatureRunConfig) else NatureRunConfig.model_validate(dict(config))
+    return restart_meta(cfg)
+
+
+def nature_run_fingerprint(config: Mapping[str, Any] | NatureRunConfig) -> str:
+    """Trajectory fingerprint of a nature-run configuration (module docstring); a run from a
+    restart (``initial_state: restart``) has the fingerprint of the world the restart was taken from."""
+    restart = _restart(config)
+    if restart is not None:
+        return str(restart["fingerprint"])
+    cfg = config.dump() if hasattr(config, "dump") else _normalised_config(config)
+    cfg = {k: v for k, v in cfg.items() if k not in ("spans", "start")}
+    if cfg.get("initial_state") == "spun_up":
+        cfg.pop("spin_up_days", None)  # unused when starting from the shipped state
+    return world_digest({"kind": "aivarda nature run", "config": cfg})
+
+
+def nature_run_origin(config: Mapping[str, Any] | NatureRunConfig) -> np.datetime64:
+    """Date of the world's initial state: ``start``, or the origin a restart records."""
+    restart = _restart(config)
+    if restart is not None:
+        return np.datetime64(restart["origin"], "ns")
+    start = config.start if hasattr(config, "start") else config["start"]
+    return np.datetime64(start, "ns")
