@@ -76,3 +76,56 @@ def test_from_coords_and_dict_round_trip():
 def test_invalid_grids_are_data_errors(lat, lon, kind, message):
     with pytest.raises(DataError, match=message):
         Grid(lat, lon, kind)
+
+
+# ------------------------------------------------------------------ WeatherBench2 grids
+def _wb2_lat_weights(lat_deg: np.ndarray) -> np.ndarray:
+    """WB2's get_lat_weights (weatherbench2/utils.py), transcribed: latitudes S → N, cell bounds at
+    the midpoints and ±90°, sin(upper) − sin(lower), normalised to mean 1."""
+    lat = np.deg2rad(np.sort(lat_deg))
+    bounds = np.concatenate([[-np.pi / 2], (lat[:-1] + lat[1:]) / 2, [np.pi / 2]])
+    w = np.sin(bounds[1:]) - np.sin(bounds[:-1])
+    return w / w.mean()
+
+
+@pytest.mark.parametrize(
+    "lat_s_to_n, poles",
+    [
+        (np.linspace(-87.1875, 87.1875, 32), False),  # WB2 64×32, 5.625°
+        (np.linspace(-88.59375, 88.59375, 64), False),  # WB2 128×64, 2.8125°
+        (np.linspace(-90.0, 90.0, 121), True),  # WB2 240×121, 1.5°
+        (np.linspace(-90.0, 90.0, 721), True),  # ERA5 0.25°
+    ],
+)
+def test_wb2_grids_are_equiangular_with_wb2_weights(lat_s_to_n, poles):
+    nlon = 2 * (lat_s_to_n.size - (1 if poles else 0))
+    lon = np.arange(nlon) * 360.0 / nlon
+    g = Grid.from_coords(lat_s_to_n[::-1], lon)
+    assert g.kind == "equiangular" and g.poles is poles
+    np.testing.assert_allclose(g.weights, _wb2_lat_weights(lat_s_to_n)[::-1], rtol=0, atol=1e-12)
+    assert g == Grid.equiangular(lat_s_to_n.size, nlon, poles=poles)
+    back = Grid.from_dict(g.to_dict())
+    assert back == g and back.poles is poles and np.allclose(back.weights, g.weights, rtol=0, atol=1e-14)
+    assert ("poles" in g.to_dict()) is (not poles)  # dicts of grids with poles are unchanged
+
+
+def test_old_dicts_and_pole_less_grid_details():
+    assert Grid.from_dict({"kind": "equiangular", "nlat": 121, "nlon": 240}).poles
+    g = Grid.equiangular(32, 64, poles=False)
+    assert g.lat[0] == 87.1875 and g.lat[-1] == -87.1875 and g.describe() == "equiangular 32×64 without poles"
+    # the polar rows are whole bands 84.375° … 90°, not caps clipped at a pole
+    assert g.weights[0] / g.weights[16] == pytest.approx(
+        (1 - np.sin(np.deg2rad(84.375))) / np.sin(np.deg2rad(5.625)), rel=1e-12)  # row 16: −5.625° … 0°
+    with pytest.raises(DataError, match="spectral transforms need"):
+        g.sht_grid  # noqa: B018
+
+
+def test_gaussian_only_on_gauss_legendre_nodes():
+    g = Grid.t42()
+    assert Grid.from_coords(g.lat, g.lon).kind == "gaussian"
+    off = g.lat.copy()
+    off[5] += 1e-4  # 1e-4° off one node: not Gaussian, not equiangular
+    with pytest.raises(DataError, match="neither equiangular .* nor the Gauss–Legendre nodes"):
+        Grid.from_coords(off, g.lon)
+    with pytest.raises(DataError, match="neither equiangular"):  # equally spaced but not global
+        Grid.from_coords(np.linspace(60.0, -60.0, 41), np.arange(8) * 45.0)

@@ -1,4 +1,5 @@
-"""Horizontal grids: equiangular with poles (ERA5 721×1440, 128×256) and Gaussian (the nature run).
+"""Horizontal grids: equiangular with poles (ERA5 721×1440, WB2 240×121), equiangular without poles
+(WB2 64×32 at 5.625°, rows at ±(90 − Δφ/2)) and Gaussian (the nature run).
 
 Conventions (ERA5 / WeatherBench2 / torch-harmonics): latitude runs **north → south** (index 0 is
 the northernmost row), longitude runs east from 0° to 360° (exclusive).
@@ -28,7 +29,8 @@ class Grid:
     Attributes:
         lat: latitudes in degrees north, shape ``[H]``, strictly decreasing (N → S).
         lon: longitudes in degrees east, shape ``[W]``, ``0 <= lon < 360``, equally spaced.
-        kind: ``"equiangular"`` (rows equally spaced, poles included) or ``"gaussian"``.
+        kind: ``"equiangular"`` (rows equally spaced, ``φ_i = 90° − iΔφ`` with both poles, or
+            ``φ_i = 90° − (i + ½)Δφ`` without them) or ``"gaussian"`` (rows at the Gauss–Legendre nodes).
     """
 
     lat: np.ndarray
@@ -51,9 +53,14 @@ class Grid:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def equiangular(cls, nlat: int, nlon: int) -> Grid:
-        """Equiangular grid with both poles, ``nlat`` rows from 90° to −90° (ERA5: 721×1440)."""
-        return cls(np.linspace(90.0, -90.0, nlat), np.arange(nlon) * (360.0 / nlon), "equiangular")
+    def equiangular(cls, nlat: int, nlon: int, poles: bool = True) -> Grid:
+        """Equiangular grid of ``nlat`` rows N → S: with both poles, ``φ_i = 90° − i·180°/(nlat − 1)``
+        (ERA5: 721×1440); without, ``φ_i = 90° − (i + ½)·180°/nlat`` (WB2 5.625°: 32×64)."""
+        if poles:
+            lat = np.linspace(90.0, -90.0, nlat)
+        else:
+            lat = 90.0 - (np.arange(nlat) + 0.5) * (180.0 / nlat)
+        return cls(lat, np.arange(nlon) * (360.0 / nlon), "equiangular")
 
     @classmethod
     def gaussian(cls, nlat: int, nlon: int) -> Grid:
@@ -72,17 +79,43 @@ class Grid:
         return cls.gaussian(64, 128)
 
     @classmethod
-    def from_coords(cls, lat: Any, lon: Any) -> Grid:
-        """Infer the grid kind from coordinates (already ordered N → S, lon 0…360)."""
-        lat = np.asarray(lat, dtype=np.float64)
-        kind: GridKind = "equiangular" if np.isclose(abs(lat[0]), 90.0) else "gaussian"
-        return cls(lat, np.asarray(lon, dtype=np.float64), kind)
+    def from_coords(cls, lat: Any, lon: Any, tol: float = 1e-6) -> Grid:
+        """Infer the grid kind from coordinates (already ordered N → S, lon 0…360).
+
+        Equiangular when the rows are the equiangular ones (with or without poles) to ``tol``
+        degrees; Gaussian only when they are the Gauss–Legendre nodes ``φ_i = asin(x_i)``,
+        ``P_nlat(x_i) = 0``, to ``tol`` degrees; anything else is a DataError (the area weights and
+        quadrature of either kind would be wrong for it). Coordinates stored in single precision
+        are compared to their own resolution (``180° · eps_float32`` ≈ 2e-5°) instead.
+        """
+        lat = np.asarray(lat)
+        if np.issubdtype(lat.dtype, np.floating):
+            tol = max(tol, 180.0 * float(np.finfo(lat.dtype).eps))
+        lat = lat.astype(np.float64)
+        lon = np.asarray(lon, dtype=np.float64)
+        n = lat.size
+        if n >= 2:
+            for kind, candidate in (
+                ("equiangular", lambda: cls.equiangular(n, 2, poles=True).lat),
+                ("equiangular", lambda: cls.equiangular(n, 2, poles=False).lat),
+                ("gaussian", lambda: cls.gaussian(n, 2).lat),
+            ):
+                if np.max(np.abs(candidate() - lat)) <= tol:
+                    return cls(lat, lon, kind)  # type: ignore[arg-type]
+        spacing = np.diff(lat)
+        raise DataError(
+            f"grid: {n} latitudes {lat[0]:g} … {lat[-1]:g} (spacing {-spacing.max():g} … {-spacing.min():g}°) are "
+            f"neither equiangular (equally spaced, from ±90° or ±(90° − Δφ/2)) nor the Gauss–Legendre nodes "
+            f"(to {tol:g}°)"
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a dict without ``poles`` is an equiangular grid with poles)."""
         kind, nlat, nlon = d["kind"], int(d["nlat"]), int(d["nlon"])
-        return cls.equiangular(nlat, nlon) if kind == "equiangular" else cls.gaussian(nlat, nlon)
+        if kind == "equiangular":
+            return cls.equiangular(nlat, nlon, poles=bool(d.get("poles", True)))
+        return cls.gaussian(nlat, nlon)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -99,9 +132,25 @@ class Grid:
         return (self.nlat, self.nlon)
 
     @property
+    def poles(self) -> bool:
+        """Whether the first and last rows are the poles (±90°)."""
+        return bool(np.isclose(self.lat[0], 90.0) and np.isclose(self.lat[-1], -90.0))
+
+    @property
     def sht_grid(self) -> str:
-        """The torch-harmonics ``grid`` name: ``"equiangular"`` or ``"legendre-gauss"``."""
-        return "equiangular" if self.kind == "equiangular" else "legendre-gauss"
+        """The torch-harmonics ``grid`` name: ``"equiangular"`` or ``"legendre-gauss"``.
+
+        torch-harmonics has no quadrature for an equiangular grid without poles: such a grid is a
+        DataError here (regrid it to a Gaussian grid or one with poles for spectral transforms).
+        """
+        if self.kind == "gaussian":
+            return "legendre-gauss"
+        if not self.poles:
+            raise DataError(
+                f"grid {self.describe()}: spectral transforms need an equiangular grid with poles or a Gaussian "
+                "grid (torch-harmonics has no quadrature for equiangular rows without poles)"
+            )
+        return "equiangular"
 
     @property
     def weights(self) -> np.ndarray:
@@ -118,10 +167,16 @@ class Grid:
         return w / w.mean()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "nlat": self.nlat, "nlon": self.nlon}
+        """``{kind, nlat, nlon}``, plus ``poles: False`` for an equiangular grid without poles (so the
+        dicts of every other grid, and the caches keyed by them, are unchanged)."""
+        d: dict[str, Any] = {"kind": self.kind, "nlat": self.nlat, "nlon": self.nlon}
+        if self.kind == "equiangular" and not self.poles:
+            d["poles"] = False
+        return d
 
     def describe(self) -> str:
-        return f"{self.kind} {self.nlat}×{self.nlon}"
+        poles = " without poles" if self.kind == "equiangular" and not self.poles else ""
+        return f"{self.kind} {self.nlat}×{self.nlon}{poles}"
 
     def __eq__(self, other: object) -> bool:
         return (
