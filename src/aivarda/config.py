@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from aivarda.errors import ConfigError
 from aivarda.paths import expand_path
@@ -199,6 +199,16 @@ class DataConfig(StrictModel):
     source: Literal["nature_run", "zarr"] = "nature_run"
     path: Path | None = Field(default=None, description="Zarr store (required for source: zarr)")
     variables: list[str] | None = Field(default=None, description="Channel names; default: FengWu's 69")
+    start: datetime | None = Field(
+        default=None, description="first time used from the store (inclusive; e.g. a WeatherBench2 store without spans)"
+    )
+    end: datetime | None = Field(default=None, description="last time used from the store (inclusive)")
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> DataConfig:
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+        return self
 
 class ExperimentConfig(StrictModel):
     """Skeleton of a cycling experiment. Sections are added by the components that own them."""

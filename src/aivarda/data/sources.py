@@ -3,9 +3,10 @@
 A :class:`FieldSource` knows its :class:`~aivarda.grid.Grid`, its
 :class:`~aivarda.channels.ChannelLayout` and its valid times, and returns states in physical units
 (``torch.float32``, latitude N → S, longitude 0 … 360). :class:`Wb2ZarrSource` reads the
-WeatherBench2 ERA5 Zarr layout (dims ``time, level, latitude, longitude``; one data variable per
-physical variable, named by its WB2 name), which is also the layout of the embedded nature run, so
-the same reader serves both.
+WeatherBench2 ERA5 Zarr layout (one data variable per physical variable, named by its WB2 name, dims
+``time, level, latitude, longitude`` or, as WB2 publishes its 1.5° and 5.625° stores,
+``time, level, longitude, latitude``; latitude either way up, other variables ignored), which is
+also the layout of the embedded nature run, so the same reader serves both.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class Wb2ZarrSource:
         layout: channels to read (default: FengWu's 69). A channel the store lacks is a DataError.
         span: name of a time span of the store's ``aivarda_spans`` attribute (e.g. ``"train"``,
             ``"hourly"``, ``"eval"``): restricts ``times`` to that span's start…end at its interval.
-        time_range: ``(start, end)``, inclusive; restricts ``times`` further.
+        time_range: ``(start, end)``, inclusive (``None`` for an open end); restricts ``times`` further.
 
     Latitudes are returned N → S and longitudes 0 … 360 whatever the order in the store.
     """
@@ -225,9 +226,13 @@ class Wb2ZarrSource:
         self.attrs: dict[str, Any] = dict(self._ds.attrs)
         self.spans: dict[str, dict[str, Any]] = _read_json_attr(self._ds, "aivarda_spans", self.path) or {}
         self.grid, self._lat_order, self._lon_order = self._infer_grid()
+        self._lon_first: dict[str, bool] = {}
         self._variables, self._level_index = self._check_layout()
         self._store_times = self._ds["time"].values.astype("datetime64[ns]")
-        self._time_range = None if time_range is None else (as_time(time_range[0]), as_time(time_range[1]))
+        self._time_range = None if time_range is None else (
+            np.datetime64("NaT") if time_range[0] is None else as_time(time_range[0]),
+            np.datetime64("NaT") if time_range[1] is None else as_time(time_range[1]),
+        )
         self.times = self._select_times()
 
     @property
@@ -255,7 +260,10 @@ class Wb2ZarrSource:
                     f"coordinates ({lat.size}×{lon.size})"
                 )
         else:
-            grid = Grid.from_coords(lat_sorted, lon_sorted)
+            try:
+                grid = Grid.from_coords(lat_sorted.astype(self._ds["latitude"].dtype), lon_sorted)
+            except DataError as exc:
+                raise DataError(f"{self.path}: {exc}") from None
         identity_lat = np.array_equal(lat_order, np.arange(lat.size))
         identity_lon = np.array_equal(lon_order, np.arange(lon.size))
         return grid, None if identity_lat else lat_order, None if identity_lon else lon_order
@@ -280,16 +288,26 @@ class Wb2ZarrSource:
     def _require_variable(self, wb2_name: str, short: str, have: list[str], upper: bool) -> str:
         if wb2_name not in self._ds.data_vars:
             raise DataError(f"{self.path}: variable {wb2_name!r} ({short}) not found; the store has {have}")
-        dims = self._ds[wb2_name].dims
-        expected = ("time", "level", "latitude", "longitude") if upper else ("time", "latitude", "longitude")
-        if tuple(dims) != expected:
-            raise DataError(f"{self.path}: variable {wb2_name!r} has dims {tuple(dims)}, expected {expected}")
+        dims = tuple(map(str, self._ds[wb2_name].dims))
+        head = ("time", "level") if upper else ("time",)
+        allowed = (head + ("latitude", "longitude"), head + ("longitude", "latitude"))
+        if dims not in allowed:
+            raise DataError(
+                f"{self.path}: variable {wb2_name!r} has dims {dims}, expected {allowed[0]} or {allowed[1]}"
+            )
+        self._lon_first[wb2_name] = dims == allowed[1]
         return wb2_name
 
     def _select_times(self) -> np.ndarray:
         times = self._store_times
         mask = np.ones(times.size, dtype=bool)
         if self.span is not None:
+            if not self.spans:
+                raise DataError(
+                    f"{self.path}: the store has no aivarda spans (attribute aivarda_spans), so span {self.span!r} is "
+                    "undefined: set the option naming it to null (e.g. statistics_span: null, span: null) and select "
+                    "the store's times with data.start/data.end"
+                )
             if self.span not in self.spans:
                 raise DataError(
                     f"{self.path}: unknown span {self.span!r}; the store has spans {sorted(self.spans) or 'none'}"
@@ -299,7 +317,11 @@ class Wb2ZarrSource:
             step = from_hours(spec["interval_hours"])
             mask &= (times >= start) & (times <= end) & ((times - start) % step == np.timedelta64(0, "ns"))
         if self._time_range is not None:
-            mask &= (times >= self._time_range[0]) & (times <= self._time_range[1])
+            start, end = self._time_range
+            if not np.isnat(start):
+                mask &= times >= start
+            if not np.isnat(end):
+                mask &= times <= end
         selected = times[mask]
         if selected.size == 0:
             raise DataError(f"{self.path}: no times selected (span {self.span!r}, range {self._time_range_text()}; "
@@ -316,7 +338,7 @@ class Wb2ZarrSource:
     def _time_range_text(self) -> str:
         if self._time_range is None:
             return "all"
-        return f"{format_time(self._time_range[0])} … {format_time(self._time_range[1])}"
+        return " … ".join("open" if np.isnat(t) else format_time(t) for t in self._time_range)
 
     def __repr__(self) -> str:
         return (
@@ -389,6 +411,8 @@ class Wb2ZarrSource:
             except Exception as exc:  # noqa: BLE001 - a damaged chunk (truncated, bad header) is a data error
                 raise DataError(self._unreadable(name, time_index, exc)) from None
             self._check_finite(name, k, values, time_index)
+            if self._lon_first[name]:
+                values = np.swapaxes(values, -1, -2)
             if k < n_surface:
                 out[:, k] = values
             else:
@@ -517,6 +541,8 @@ def open_source(data_cfg: DataConfig, span: str | None = None) -> Wb2ZarrSource:
 
     ``source: nature_run`` opens (generating it on first use) the embedded nature run;
     ``source: zarr`` opens ``path``. ``variables`` (channel names) selects the layout; default FengWu's 69.
+    ``start``/``end`` restrict the times (inclusive), e.g. of a WeatherBench2 store that has no
+    aivarda spans; ``span`` names one of the store's ``aivarda_spans``.
     """
     if data_cfg.source == "nature_run":
         from aivarda.data.nature_run import ensure_nature_run
@@ -527,4 +553,5 @@ def open_source(data_cfg: DataConfig, span: str | None = None) -> Wb2ZarrSource:
             raise ConfigError("data.path: required when data.source is 'zarr'")
         path = Path(data_cfg.path)
     layout = layout_from_channels(data_cfg.variables) if data_cfg.variables else None
-    return Wb2ZarrSource(path, layout=layout, span=span)
+    time_range = None if data_cfg.start is None and data_cfg.end is None else (data_cfg.start, data_cfg.end)
+    return Wb2ZarrSource(path, layout=layout, span=span, time_range=time_range)
