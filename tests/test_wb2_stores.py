@@ -176,3 +176,15 @@ def test_one_3dvar_analysis_on_a_wb2_store(tmp_path):
     assert m["normalised_wrmse"]["analysis"] < m["normalised_wrmse"]["background"]
     fit = m["observation_space"]["assimilated"]
     assert fit["O-A"]["rms"] < fit["O-B"]["rms"]
+
+
+def test_training_sources_keep_inside_data_start_end(mini_wb2_store):
+    from aivarda.learning.train_model import open_training_sources
+    from aivarda.models.config import TrainDataConfig
+
+    data = TrainDataConfig(source="zarr", path=mini_wb2_store.path, variables=list(mini_wb2_store.layout.names),
+                           train_span="train", val_fraction=0.25, start="2020-01-01T06:00", end="2020-01-02T12:00")
+    train, val = open_training_sources(data)
+    times = np.concatenate([train.times, val.times])
+    assert times.min() == np.datetime64("2020-01-01T06:00") and times.max() == np.datetime64("2020-01-02T12:00")
+    assert times.size == 6 and np.intersect1d(train.times, val.times).size == 0

@@ -217,7 +217,7 @@ class Wb2ZarrSource:
         path: str | Path,
         layout: ChannelLayout | None = None,
         span: str | None = None,
-        time_range: tuple[TimeLike, TimeLike] | None = None,
+        time_range: tuple[TimeLike | None, TimeLike | None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.layout = layout if layout is not None else ChannelLayout.fengwu69()
@@ -536,6 +536,11 @@ class Wb2ZarrSource:
         return f"{self.path}: cannot read {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def data_time_range(data_cfg: DataConfig) -> tuple[TimeLike | None, TimeLike | None] | None:
+    """``(data.start, data.end)`` as a ``time_range`` of :class:`Wb2ZarrSource`; None when neither is set."""
+    return None if data_cfg.start is None and data_cfg.end is None else (data_cfg.start, data_cfg.end)
+
+
 def open_source(data_cfg: DataConfig, span: str | None = None) -> Wb2ZarrSource:
     """The field source a ``data:`` config section describes.
 
@@ -553,5 +558,4 @@ def open_source(data_cfg: DataConfig, span: str | None = None) -> Wb2ZarrSource:
             raise ConfigError("data.path: required when data.source is 'zarr'")
         path = Path(data_cfg.path)
     layout = layout_from_channels(data_cfg.variables) if data_cfg.variables else None
-    time_range = None if data_cfg.start is None and data_cfg.end is None else (data_cfg.start, data_cfg.end)
-    return Wb2ZarrSource(path, layout=layout, span=span, time_range=time_range)
+    return Wb2ZarrSource(path, layout=layout, span=span, time_range=data_time_range(data_cfg))

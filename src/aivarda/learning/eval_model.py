@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from aivarda.config import load_config, resolve_config_paths
-from aivarda.data.sources import Wb2ZarrSource, format_time
+from aivarda.data.sources import Wb2ZarrSource, data_time_range, format_time
 from aivarda.data.stats import climatology
 from aivarda.errors import ConfigError, DataError
 from aivarda.evaluation.metrics import acc, mse
@@ -60,7 +60,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if model.layout is None or model.grid is None:
         raise DataError(f"{cfg.checkpoint}: the checkpoint has no grid/layout")
     path = store_path(cfg.data)
-    source = Wb2ZarrSource(path, model.layout, span=cfg.span)
+    source = Wb2ZarrSource(path, model.layout, span=cfg.span, time_range=data_time_range(cfg.data))
     if source.grid != model.grid:
         raise DataError(f"{path}: grid {source.grid.describe()} differs from the model's {model.grid.describe()}")
     channels = model.layout.indices(cfg.channels)
@@ -77,7 +77,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
             f"{path}: span {cfg.span!r} ({source.times.size} times) has no initial time with all leads "
             f"{[f'{x:g}' for x in cfg.leads]} h inside it"
         )
-    clim_source = Wb2ZarrSource(path, model.layout, span=cfg.clim_span)
+    clim_source = Wb2ZarrSource(path, model.layout, span=cfg.clim_span, time_range=data_time_range(cfg.data))
     clim = climatology(clim_source, max_samples=cfg.clim_samples, progress=progress)[channels]
 
     # per lead: squared-error means and ACCs per initial time, [N, C'] per baseline

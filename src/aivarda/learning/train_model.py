@@ -47,6 +47,7 @@ from aivarda.data.fingerprint import trained_on_record
 from aivarda.data.sources import (
     FieldSource,
     Wb2ZarrSource,
+    data_time_range,
     holdout_cut,
     layout_from_channels,
     store_layout,
@@ -121,9 +122,9 @@ def open_training_sources(data: TrainDataConfig) -> tuple[Wb2ZarrSource, Wb2Zarr
     ``val_fraction`` of ``train_span``, else none). The two never share a time."""
     path = store_path(data)
     layout = layout_from_channels(data.variables) if data.variables else store_layout(path)
-    train = Wb2ZarrSource(path, layout, span=data.train_span)
+    train = Wb2ZarrSource(path, layout, span=data.train_span, time_range=data_time_range(data))
     if data.val_span is not None:
-        return train, Wb2ZarrSource(path, layout, span=data.val_span)
+        return train, Wb2ZarrSource(path, layout, span=data.val_span, time_range=data_time_range(data))
     if data.val_fraction == 0:
         return train, None
     cut = holdout_cut(train.times.size, data.val_fraction, f"{path}: span {data.train_span!r}")
