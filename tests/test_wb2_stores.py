@@ -104,6 +104,15 @@ def test_published_layouts_open_with_exact_states_grid_and_wb2_weights(tmp_path,
     np.testing.assert_allclose(grid.weights, wb2_lat_weights(lat_ascending)[::-1], rtol=0, atol=1e-12)
 
 
+def test_cli_describe_names_a_pole_less_grid(tmp_path, capsys):
+    from aivarda.cli import main
+
+    path = tmp_path / "wb2.zarr"
+    write_wb2_store(path, 64, 32, False, True, n_time=4)
+    assert main(["data", "describe", str(path)]) == 0
+    assert "grid      equiangular 32×64 without poles (lat 87.188 … -87.188)" in capsys.readouterr().out
+
+
 def test_reads_only_the_requested_time(tmp_path):
     """Lazy reads: the chunks of every other time are damaged, and one time still reads."""
     path = tmp_path / "wb2.zarr"

@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
     grid, time = info["grid"], info["time"]
     print(f"store     {info['store']}" + (f"  ({info['source']})" if info["source"] else ""))
     north, south = grid["lat_range"]
-    print(f"grid      {grid['kind']} {grid['nlat']}×{grid['nlon']} (lat {north:.3f} … {south:.3f})")
+    poles = "" if grid.get("poles", True) else " without poles"
+    print(f"grid      {grid['kind']} {grid['nlat']}×{grid['nlon']}{poles} (lat {north:.3f} … {south:.3f})")
     levels = info["layout"]["levels"]
     print(
         f"channels  {info['n_channels']}: surface {info['layout']['surface']}, upper-air {info['layout']['upper_air']}"

@@ -154,7 +154,7 @@ def open_wb2_dataset(path: str | Path) -> xr.Dataset:
     if not _is_zarr_store(path):
         raise DataError(
             f"{path}: no Zarr store found (expected a WeatherBench2-layout store with dims "
-            "time, level, latitude, longitude; generate one with `aivarda data nature-run`)"
+            "time, level, latitude, longitude in either horizontal order; generate one with `aivarda data nature-run`)"
         )
     try:
         ds = xr.open_dataset(
