@@ -136,6 +136,8 @@ def test_start_end_select_times_and_spans_need_them(tmp_path):
     src = open_source(cfg)
     np.testing.assert_array_equal(src.times, T0 + np.array([6, 12, 18, 24], dtype="timedelta64[h]"))
     assert open_source(DataConfig(**base, start="2020-01-02T00:00")).times.size == 4  # open end
+    zoned = DataConfig(**base, start="2020-01-01T07:00+01:00", end="2020-01-02T00:00Z")  # zones → UTC
+    np.testing.assert_array_equal(open_source(zoned).times, src.times)
     assert open_source(DataConfig(**base)).times.size == 8
     with pytest.raises(DataError) as err:
         open_source(cfg, span="eval")
