@@ -11,7 +11,7 @@ own section model here (one field per section).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -217,7 +217,7 @@ class DataConfig(StrictModel):
         for key in ("start", "end"):  # the store's time axis is UTC without a zone: compare naive UTC times
             value = getattr(self, key)
             if value is not None and value.tzinfo is not None:
-                object.__setattr__(self, key, value.astimezone(timezone.utc).replace(tzinfo=None))
+                object.__setattr__(self, key, value.astimezone(UTC).replace(tzinfo=None))
         if self.start is not None and self.end is not None and self.end < self.start:
             raise ValueError(f"end ({self.end}) is before start ({self.start})")
         return self
