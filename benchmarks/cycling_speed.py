@@ -35,6 +35,7 @@ from aivarda.data.nature_run import (
     default_store_path,
     ensure_nature_run,
 )
+from aivarda.data.sources import Wb2ZarrSource
 from aivarda.paths import aivarda_home
 
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
@@ -54,9 +55,8 @@ def world(store: Path | None) -> tuple[Path, str]:
     return ensure_nature_run(cfg, progress=True), "tiny nature run (T21)"
 
 
-def untrained_checkpoint(store: Path, arch: dict, folder: Path) -> Path:
-    """An untrained network of ``arch`` with the store's 6-hour statistics, as a checkpoint file."""
-    from aivarda.data.sources import Wb2ZarrSource
+def untrained_checkpoint(store: Path, arch: dict, folder: Path, hours: float = 6.0) -> Path:
+    """An untrained network of ``arch`` with the store's ``hours``-hour statistics, as a checkpoint file."""
     from aivarda.data.stats import load_or_compute_norm_stats
     from aivarda.models.checkpoint import (
         build_forecast_model,
@@ -65,9 +65,51 @@ def untrained_checkpoint(store: Path, arch: dict, folder: Path) -> Path:
     )
 
     source = Wb2ZarrSource(store)
-    stats = load_or_compute_norm_stats(source, diff_hours=6.0, progress=False)
-    model = build_forecast_model(arch, stats, source.grid, source.layout, 6.0)
-    return save_checkpoint(folder / "untrained_6h.pt", checkpoint_dict(model, arch))
+    stats = load_or_compute_norm_stats(source, diff_hours=hours, progress=False)
+    model = build_forecast_model(arch, stats, source.grid, source.layout, hours)
+    return save_checkpoint(folder / f"untrained_{hours:g}h.pt", checkpoint_dict(model, arch))
+
+
+def experiment_config(
+    store: Path,
+    world_name: str,
+    model: str,
+    folder: Path,
+    *,
+    cycles: int,
+    members: int,
+    device: str,
+    assimilation: dict,
+    start_time: np.datetime64 | None = None,
+    extra: dict | None = None,
+) -> tuple[CyclingConfig, int]:
+    """The cycling config of ``cycles`` cycles on ``store`` (and its ``gap``): ``members``
+    time-lagged members, a 5-day forecast from every 4th analysis, the run under ``folder/run``.
+    The first cycle is the seeds' 8 × 6 h after the first state where the world is long enough,
+    or ``start_time``."""
+    times = Wb2ZarrSource(store).times
+    six_hourly = int(np.sum((times - times[0]) % np.timedelta64(6, "h") == np.timedelta64(0)))
+    gap = min(8, six_hourly - cycles - members + 1)  # the seeds' 8 where the world is long enough
+    if gap < 1:
+        raise SystemExit(f"{world_name} has {six_hourly} 6-hourly states: too few for {cycles} cycles "
+                         f"and {members} members")
+    start = times[0] + np.timedelta64(6 * (gap + members - 1), "h") if start_time is None else start_time
+    end = start + np.timedelta64(6 * (cycles - 1), "h")
+    body = {
+        "name": f"bench_{assimilation['method']}",
+        "data": {"source": "zarr", "path": str(store)},
+        "start_time": str(start)[:19],
+        "end_time": str(end)[:19],
+        "dynamic_member": members,
+        "gap": gap,
+        "device": device,
+        "assimilation": assimilation,
+        "model": {"checkpoint": model},
+        "forecast": {"every": 4, "lead": "5d"},
+        "output_dir": str(folder / "run"),
+        **(extra or {}),
+    }
+    return validate(CyclingConfig, body, "benchmark"), gap
 
 
 def main() -> None:
@@ -86,36 +128,12 @@ def main() -> None:
     b = {"type": "genbe", "file": str(genbe)} if genbe else {"type": "diagonal"}
 
     store, world_name = world(args.store)
-    from aivarda.data.sources import Wb2ZarrSource
-
-    times = Wb2ZarrSource(store).times
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = str(DEFAULT_MODEL) if DEFAULT_MODEL.is_file() else str(untrained_checkpoint(store, args.arch, folder))
-        six_hourly = int(np.sum((times - times[0]) % np.timedelta64(6, "h") == np.timedelta64(0)))
-        gap = min(8, six_hourly - args.cycles - args.members + 1)  # the seeds' 8 where the world is long enough
-        if gap < 1:
-            raise SystemExit(f"{world_name} has {six_hourly} 6-hourly states: too few for {args.cycles} cycles "
-                             f"and {args.members} members")
-        start = times[0] + np.timedelta64(6 * (gap + args.members - 1), "h")
-        end = start + np.timedelta64(6 * (args.cycles - 1), "h")
-        cfg = validate(
-            CyclingConfig,
-            {
-                "name": "bench_3dvar",
-                "data": {"source": "zarr", "path": str(store)},
-                "start_time": str(start)[:19],
-                "end_time": str(end)[:19],
-                "dynamic_member": args.members,
-                "gap": gap,
-                "device": args.device,
-                "assimilation": {"method": "3dvar", "background_error": b, "outer_loops": 4,
-                                 "inner_iterations": 5},
-                "model": {"checkpoint": model},
-                "forecast": {"every": 4, "lead": "5d"},
-                "output_dir": str(folder / "run"),
-            },
-            "benchmark",
+        cfg, gap = experiment_config(
+            store, world_name, model, folder, cycles=args.cycles, members=args.members, device=args.device,
+            assimilation={"method": "3dvar", "background_error": b, "outer_loops": 4, "inner_iterations": 5},
         )
         t0 = time.perf_counter()
         CyclingRunner(cfg, progress=not args.json).run()
