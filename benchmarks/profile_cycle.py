@@ -45,12 +45,22 @@ def module_of(filename: str) -> str:
     return "<builtin>" if filename.startswith("~") or filename.startswith("<") else path.stem
 
 
+def label(key: tuple[str, int, str]) -> str:
+    """The module of a profiled function; C functions by what they belong to (torch, imports, other)."""
+    mod = module_of(key[0])
+    if mod != "<builtin>":
+        return mod
+    if "torch" in key[2]:
+        return "torch (C++)"
+    return "<builtin: imports>" if any(s in key[2] for s in ("marshal", "builtins.exec", "_imp.")) else mod
+
+
 def summarise(stats: pstats.Stats, top: int) -> str:
     """Self time per module, top aivarda functions by cumulative time, top functions by self time."""
     raw = stats.stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
     per_module: dict[str, float] = defaultdict(float)
-    for (file, _, _), (_, _, tt, _, _) in raw.items():
-        per_module[module_of(file)] += tt
+    for key, (_, _, tt, _, _) in raw.items():
+        per_module[label(key)] += tt
     total = sum(per_module.values())
     out = [f"self time by module (total {total:.2f} s):"]
     for mod, tt in sorted(per_module.items(), key=lambda kv: -kv[1])[:top]:
@@ -59,7 +69,7 @@ def summarise(stats: pstats.Stats, top: int) -> str:
     def rows(key: int, only_aivarda: bool) -> list[str]:
         items = [(k, v) for k, v in raw.items() if not only_aivarda or module_of(k[0]).startswith("aivarda")]
         items.sort(key=lambda kv: -kv[1][key])
-        return [f"  {v[3]:8.3f} {v[2]:8.3f} {v[1]:8d}  {module_of(k[0])}:{k[2]} (line {k[1]})" for k, v in items[:top]]
+        return [f"  {v[3]:8.3f} {v[2]:8.3f} {v[1]:8d}  {label(k)}:{k[2]} (line {k[1]})" for k, v in items[:top]]
 
     header = f"  {'cum s':>8} {'self s':>8} {'calls':>8}  function"
     out += ["", f"top {top} aivarda functions by cumulative time:", header, *rows(3, True)]
@@ -85,10 +95,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = str(untrained_checkpoint(store, args.arch, folder, 6.0))
-        extra, start = None, None
+        extra: dict = {"allow_in_sample": True}  # untrained models: scores are not the point
+        start = None
         if args.method == "4dvar":
             assimilation.update({"da_win": 6, "window_interval": "1h"})
-            extra = {"window_model": {"checkpoint": str(untrained_checkpoint(store, args.arch, folder, 1.0))}}
+            extra["window_model"] = {"checkpoint": str(untrained_checkpoint(store, args.arch, folder, 1.0))}
             from aivarda.data.sources import Wb2ZarrSource
 
             times = Wb2ZarrSource(store).times
