@@ -17,7 +17,7 @@ statistic is fitted to synthetic fields):
   69×128×256 and 69×721×1440 (increments regridded): one ``J(z)`` + ``∇J``.
 
 Observations: ``--obs-fraction`` of the state values at random, at every window time, with
-σ_o = 1 (``H`` picks them out of the window trajectory). Time: median of ``--repeats`` after one
+``y ~ N(0, 1)`` and σ_o = 1 (``H`` picks them out of the window trajectory). Time: median of ``--repeats`` after one
 warm-up. Peak memory: ``torch.cuda.max_memory_allocated`` per row on a GPU; on the CPU the process'
 peak resident set so far (``resource`` ``ru_maxrss``, monotone over the rows). On a GPU, TF32 is on
 for matmuls and convolutions, and ``--bf16`` runs the cost under ``torch.autocast(bfloat16)``.
@@ -45,6 +45,7 @@ from aivarda.assimilation.cost import VariationalCost
 from aivarda.assimilation.minimizer import Minimizer
 from aivarda.assimilation.window import ModelPropagation
 from aivarda.background.genbe import GenBeTransform, SphereOps, fit_genbe
+from aivarda.background.transforms import DiagonalTransform
 from aivarda.background.vae.checkpoint import VaeCheckpoint
 from aivarda.background.vae.network import VaeArchitecture, VaeNet
 from aivarda.background.vae.transform import VaeTransform
@@ -92,11 +93,12 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float
 def random_observations(state_shape: tuple[int, ...], n_times: int, fraction: float, device: torch.device,
                         gen: torch.Generator) -> tuple[Callable[[Tensor], Tensor], SimpleNamespace]:
     """``H(x_window) = x_window.flatten()[idx]`` for ``fraction`` of the values at each window time, and
-    observations ``y = 0``, ``σ_o = 1`` there (the cost of ``J`` does not depend on the values)."""
+    observations ``y ~ N(0, 1)``, ``σ_o = 1`` there (a zero background then has non-zero innovations,
+    so the minimiser has work to do)."""
     per_time = state_shape[0] * state_shape[1] * state_shape[2]
     n = max(1, int(fraction * per_time))
     flat = torch.cat([t * per_time + torch.randperm(per_time, generator=gen)[:n] for t in range(n_times)]).to(device)
-    obs = SimpleNamespace(value=torch.zeros(n * n_times), error_std=torch.ones(n * n_times),
+    obs = SimpleNamespace(value=torch.randn(n * n_times, generator=gen), error_std=torch.ones(n * n_times),
                           time_index=torch.arange(n_times).repeat_interleave(n))
     return (lambda x: x.reshape(-1)[flat]), obs
 
@@ -158,8 +160,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             reset()
             shape = (C, *state)
             U = GenBeTransform(fit_genbe(samples, layout, control, state_grid=Grid.equiangular(*state)))
-            if hasattr(U, "to"):
-                U = U.to(device)
             H, obs = random_observations(shape, 1, args.obs_fraction, device, gen)
             cost = VariationalCost(torch.zeros(shape, device=device), U, H, obs)
             record("3dvar-genbe", shape, "J + ∇J", gradient_seconds(cost, args.repeats, device, amp))
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             p.requires_grad_(False)
         window = ModelPropagation(model, [1] * 6)
         stds = torch.ones(C)
-        from aivarda.background.transforms import DiagonalTransform
-
         H, obs = random_observations(shape, window.n_times, args.obs_fraction, device, gen)
         cost = VariationalCost(torch.zeros(shape, device=device), DiagonalTransform(stds.to(device), shape), H, obs,
                                propagation=window)
