@@ -42,7 +42,7 @@ def module_of(filename: str) -> str:
         return ".".join(parts[len(parts) - 1 - parts[::-1].index("aivarda"):])
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1]
-    return "<builtin>" if filename.startswith("~") or filename.startswith("<") else path.stem
+    return "<builtin>" if filename.startswith(("~", "<")) else path.stem
 
 
 def label(key: tuple[str, int, str]) -> str:

@@ -25,6 +25,8 @@ def test_paper_scale_smoke_prints_a_table(capsys):
     assert "seconds" in header and "peak memory" in header
     # every row of the benchmark ran (two state sizes for 3DVar and the VAE, one 4DVar window)
     assert [r["row"] for r in rows] == ["3dvar-genbe"] * 4 + ["4dvar-6h"] + ["vae-decoder"] * 2
+    minimise = [r["what"] for r in rows if r["what"].startswith("minimise")]
+    assert len(minimise) == 2 and all(not w.endswith(": 0 J+∇J") for w in minimise), minimise
     for r in rows:
         assert math.isfinite(r["seconds"]) and r["seconds"] > 0, r
         assert r["row"] in out and f"{r['seconds']:9.3f}" in out
