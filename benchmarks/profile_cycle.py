@@ -42,6 +42,9 @@ def module_of(filename: str) -> str:
         return ".".join(parts[len(parts) - 1 - parts[::-1].index("aivarda"):])
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1]
+    stdlib = [i for i, part in enumerate(parts[:-1]) if part.startswith("python3")]
+    if stdlib:  # the standard library: its top-level module or package (json, inspect, …)
+        return parts[stdlib[-1] + 1]
     return "<builtin>" if filename.startswith(("~", "<")) else path.stem
 
 
