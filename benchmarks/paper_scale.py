@@ -125,11 +125,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--obs-fraction", type=float, default=0.01)
     ap.add_argument("--arch", type=json.loads, default=None, help="FengWu-style architecture (JSON)")
     ap.add_argument("--only", default="3dvar-genbe,4dvar-6h,vae-decoder", help="rows to run (comma-separated)")
+    ap.add_argument("--states", default=None,
+                    help="state grids of the 3DVar and VAE rows, e.g. '128x256' (default: 128x256,721x1440)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = dict(SMOKE if args.smoke else PAPER)
     if args.smoke:
         args.device, args.repeats, args.iterations = "cpu", 1, 3
+    if args.states is not None:
+        sizes["states"] = [tuple(int(n) for n in g.split("x")) for g in args.states.split(",")]
     if args.arch is not None:
         sizes["arch"] = args.arch
     device = torch.device(args.device)
