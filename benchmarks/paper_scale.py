@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.backends.cudnn.allow_tf32 = True
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else nullcontext
     only = set(args.only.split(","))
+    # the first torch.optim optimiser of a process imports torch._dynamo (~1 s): pay it before timing
+    torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
     layout = ChannelLayout.fengwu69()
     C = len(layout)
     gen = torch.Generator().manual_seed(0)
