@@ -107,9 +107,21 @@ class WindowAttention3D(nn.Module):
         dj = j[:, None] - j[None, :] + ww - 1
         self.register_buffer("rel_index", di * (2 * ww - 1) + dj, persistent=False)
         self.register_buffer("group_index", g[:, None] * groups + g[None, :], persistent=False)
+        self._bias_cache: tuple[tuple[int, ...], Tensor] | None = None
 
     def bias(self) -> Tensor:
-        """``[heads, N, N]``."""
+        """``[heads, N, N]``. A frozen network (the forecast model inside an analysis: its
+        parameters do not require gradients) builds it once per set of weights and reuses it; a
+        change of the weights (training, ``load_state_dict``, a move to another device) rebuilds it."""
+        if self.rel_bias.requires_grad or self.group_bias.requires_grad:
+            return self._build_bias()
+        key = (self.rel_bias._version, self.group_bias._version, self.rel_bias.data_ptr(), self.group_bias.data_ptr())
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            with torch.no_grad():
+                self._bias_cache = (key, self._build_bias())
+        return self._bias_cache[1]
+
+    def _build_bias(self) -> Tensor:
         b = self.rel_bias[self.rel_index] + self.group_bias[self.group_index]
         return b.permute(2, 0, 1)
 
