@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -39,19 +41,36 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return payload.get("state_dict") or payload["net"]
 
 
+@contextmanager
+def counted_steps(trainer: type, moments: Moments | None) -> Iterator[None]:
+    """Count (and maybe kill at) every optimiser step of ``trainer`` and every atomic-write step."""
+    if moments is None:
+        yield
+        return
+    step = trainer.train_step
+
+    def counted(self: Any, batch: Any) -> Any:
+        result = step(self, batch)
+        moments.tick()
+        return result
+
+    with moments.armed(), mock.patch.object(trainer, "train_step", counted):
+        yield
+
+
+def kill_then_resume(train: Callable[..., None], kill_at: int, out: Path) -> None:
+    """``train(moments)`` killed at moment ``kill_at``, then ``train(resume=...)`` as a user would:
+    ``--resume`` from ``out/last.pt``, or start again when it was killed before the first one."""
+    with pytest.raises(Killed):
+        train(moments=Moments(kill_at))
+    resume = (out / "last.pt").is_file()
+    event("resumed" if resume else "restarted")
+    train(resume=resume)
+
+
 def _train_model(store: Path, out: Path, moments: Moments | None = None, resume: bool = False) -> None:
     cfg = validate(TrainConfig, train_config(store, out, epochs=2), "cfg")
-    if moments is None:
-        train_model.train(cfg, resume=resume, progress=False)
-        return
-    step = train_model.Trainer.train_step
-
-    def counted(self: Any, batch: Any) -> float:
-        loss = step(self, batch)
-        moments.tick()
-        return loss
-
-    with moments.armed(), mock.patch.object(train_model.Trainer, "train_step", counted):
+    with counted_steps(train_model.Trainer, moments):
         train_model.train(cfg, resume=resume, progress=False)
 
 
@@ -73,11 +92,7 @@ def test_train_model_killed_anywhere_resumes_to_the_same_weights(train_setup, da
     kill_at = data.draw(st.integers(1, n_moments), label="kill moment")
     with tempfile.TemporaryDirectory(prefix="aivarda-killtrain-") as tmp:
         out = Path(tmp) / "run"
-        with pytest.raises(Killed):
-            _train_model(store, out, Moments(kill_at))
-        resume = (out / "last.pt").is_file()  # killed before the first checkpoint: start again
-        event("resumed" if resume else "restarted")
-        _train_model(store, out, resume=resume)
+        kill_then_resume(lambda moments=None, resume=False: _train_model(store, out, moments, resume), kill_at, out)
         for name, weights in expected.items():
             got = _weights(out / name)
             assert got.keys() == weights.keys()
@@ -88,17 +103,7 @@ def _train_vae(out: Path, moments: Moments | None = None, resume: bool = False) 
     from test_vae import fake_samples, tiny_config
 
     cfg = tiny_config(out)
-    if moments is None:
-        learn_vae.train_vae(cfg, fake_samples(), resume=resume, progress=False)
-        return
-    step = learn_vae.VaeTrainer.train_step
-
-    def counted(self: Any, idx: Any) -> tuple[float, float]:
-        out_ = step(self, idx)
-        moments.tick()
-        return out_
-
-    with moments.armed(), mock.patch.object(learn_vae.VaeTrainer, "train_step", counted):
+    with counted_steps(learn_vae.VaeTrainer, moments):
         learn_vae.train_vae(cfg, fake_samples(), resume=resume, progress=False)
 
 
@@ -116,9 +121,7 @@ def test_learn_b_vae_killed_anywhere_resumes_to_the_same_weights(tmp_path_factor
     kill_at = data.draw(st.integers(1, n_moments), label="kill moment")
     with tempfile.TemporaryDirectory(prefix="aivarda-killvae-") as tmp:
         out = Path(tmp) / "run"
-        with pytest.raises(Killed):
-            _train_vae(out, Moments(kill_at))
-        _train_vae(out, resume=(out / "last.pt").is_file())
+        kill_then_resume(lambda moments=None, resume=False: _train_vae(out, moments, resume), kill_at, out)
         for name in ("last.pt", "best.pt"):
             a, _ = VaeCheckpoint.load(ref / name)
             b, _ = VaeCheckpoint.load(out / name)
