@@ -160,7 +160,7 @@ def write_outputs(run: SingleAnalysis, cfg: AnalyseConfig, out: Path) -> None:
         attrs={"analysis_time": run.metrics["analysis_time"], "method": run.metrics["method"]},
     )
     ds.to_netcdf(out / "states.nc", engine="h5netcdf")
-    save_obs(run.observations, out / "observations.nc", layout)
+    save_obs(run.observations, out / "observations.nc", layout, analysis_time=run.metrics["analysis_time"])
     with open(out / "minimizer.csv", "w", newline="") as fh:
         rows = run.result.diagnostics
         if rows:

@@ -245,7 +245,8 @@ class CyclingRunner:
             from aivarda.observations.io import save_obs
 
             atomic_write(self.out / "observations" / f"cycle_{n:05d}.nc",
-                         lambda tmp: save_obs(wa.observations, tmp, layout))
+                         lambda tmp: save_obs(wa.observations, tmp, layout, analysis_time=window.start,
+                                              window_offsets=window.offsets))
         time_text = str(np.datetime64(t, "s"))
         write_states(self.out / "last_cycle.nc", grid, layout,
                      {"background": x_b, "analysis": x_a, "truth": truth_window[0]},

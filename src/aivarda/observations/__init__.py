@@ -1,4 +1,5 @@
-"""Observations: the ObsSet container, observation operators H, simulation (OSSE), QC and file I/O.
+"""Observations: the ObsSet container, observation operators H, simulation (OSSE), QC and file I/O
+(IODA v3, WMO BUFR TEMP/SYNOP, prepbufr-style Parquet/CSV through one ObsTable; docs/observation-files.md).
 
 ``build_operator(obs, grid, layout, state_shape)`` gives the differentiable ``H: [T, C, H, W] → [N]``
 used both to simulate observations and in the variational cost. A cycle uses them as::
@@ -16,7 +17,8 @@ from aivarda.observations.config import (
     ObservationConfig,
     QCConfig,
 )
-from aivarda.observations.io import load_obs, save_obs
+from aivarda.observations.io import load_obs, read_observations, read_table, save_obs
+from aivarda.observations.ioda import read_ioda, write_ioda
 from aivarda.observations.obsset import ObsSet, QCFlag
 from aivarda.observations.operators import (
     BilinearOperator,
@@ -37,6 +39,7 @@ from aivarda.observations.qc import (
     quality_control,
 )
 from aivarda.observations.simulator import ObservationSimulator
+from aivarda.observations.table import ObsTable, decode_station_ids, encode_station_ids
 
 __all__ = [
     "DEFAULT_GROSS_LIMITS",
@@ -46,6 +49,7 @@ __all__ = [
     "LinearObservationOperator",
     "LogPressureInterpolation",
     "ObsSet",
+    "ObsTable",
     "ObservationConfig",
     "ObservationOperator",
     "ObservationSimulator",
@@ -57,8 +61,14 @@ __all__ = [
     "bilinear_stencil",
     "build_operator",
     "channel_std_at_obs",
+    "decode_station_ids",
+    "encode_station_ids",
     "gross_check",
     "load_obs",
     "quality_control",
+    "read_ioda",
+    "read_observations",
+    "read_table",
     "save_obs",
+    "write_ioda",
 ]

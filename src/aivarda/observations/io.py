@@ -1,98 +1,142 @@
-"""ObsSet ⇄ netCDF-4 (HDF5) with IODA-like groups, via xarray + h5netcdf.
+"""ObsSet ⇄ JEDI IODA v3 files, and reading observations from any supported file.
 
-Layout (one dimension ``Location`` of length N)::
+``save_obs`` / ``load_obs`` keep an :class:`ObsSet` in an IODA v3 file
+(:mod:`aivarda.observations.ioda`): absolute times (``MetaData/dateTime``) relative to the analysis
+time, IODA variable names and units, pressure in Pa; the window's offsets are kept as a global
+attribute so that ``load_obs`` gives back the same ``time_index``. What the format stores with less
+precision than an ObsSet: latitude, longitude and pressure are float32 (as IODA has them), times
+are whole seconds, values of converted variables (``z`` ↔ geopotentialHeight) are float32 in
+file units; an observation off the model levels comes back on its variable's channel at the
+nearest level (``level`` unchanged).
 
-    MetaData/latitude         float64  degrees north
-    MetaData/longitude        float64  degrees east [0, 360)
-    MetaData/timeOffset       float64  hours from the analysis time
-    MetaData/timeIndex        int64    window state 0 … T−1
-    MetaData/channelName      string   e.g. "z500", "t2m" (index resolved against a ChannelLayout on load)
-    MetaData/pressure         float64  hPa, NaN for channel observations
-    MetaData/withheld         int8     1 = kept for verification
-    ObsValue/value            float    y
-    ObsError/value            float    σ_o
-    PreQC/value               int8     QCFlag (0 = good)
-
-Channel names (not indices) are stored, so a file can be read into another layout that has
-those channels.
+``read_observations(path, layout, analysis_time, window_offsets)`` reads any supported file —
+IODA (``.nc``, ``.nc4``), WMO BUFR (``.bufr``, ``.bfr``), Parquet (``.parquet``, ``.pq``) or CSV
+(``.csv``) — into one :class:`~aivarda.observations.table.ObsTable` (:func:`read_table`) and then
+into the :class:`ObsSet` of that window (:meth:`ObsTable.to_obsset`).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 
 from aivarda.channels import ChannelLayout
-from aivarda.errors import AivardaError, ObservationError
+from aivarda.errors import ObservationError
+from aivarda.observations.ioda import file_window, read_ioda, write_ioda
 from aivarda.observations.obsset import ObsSet
+from aivarda.observations.table import ObsTable
 
-DIM = "Location"
-_META = {
-    "latitude": ("lat", "degrees_north"),
-    "longitude": ("lon", "degrees_east"),
-    "timeOffset": ("time_offset_hours", "hours"),
-    "timeIndex": ("time_index", "1"),
-    "pressure": ("level", "hPa"),
+_UNIX_EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
+SUFFIXES: dict[str, str] = {
+    ".nc": "ioda", ".nc4": "ioda", ".h5": "ioda",
+    ".bufr": "bufr", ".bfr": "bufr", ".bin": "bufr",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv",
 }
-_GROUPS = {"ObsValue": "value", "ObsError": "error_std", "PreQC": "qc"}
 
 
-def save_obs(obs: ObsSet, path: str | Path, layout: ChannelLayout) -> Path:
-    """Write ``obs`` to ``path`` (netCDF-4 groups, replaces an existing file)."""
+def save_obs(
+    obs: ObsSet,
+    path: str | Path,
+    layout: ChannelLayout,
+    *,
+    analysis_time: np.datetime64 | str | None = None,
+    window_offsets: Sequence[np.timedelta64] | np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``obs`` (channels of ``layout``) as an IODA v3 file. ``analysis_time`` (default: the
+    Unix epoch) turns ``time_offset_hours`` into ``MetaData/dateTime``; ``window_offsets`` (default:
+    the offsets of the observations of each ``time_index``, when each index has one) are kept."""
+    t0 = _UNIX_EPOCH if analysis_time is None else np.datetime64(analysis_time, "s")
+    offsets = list(window_offsets) if window_offsets is not None else _offsets_of(obs)
+    table = ObsTable.from_obsset(obs, layout, t0)
+    return write_ioda(table, path, analysis_time=t0, window_offsets=offsets, overwrite=overwrite)
+
+
+def _offsets_of(obs: ObsSet) -> list[np.timedelta64] | None:
+    if len(obs) == 0:
+        return None
+    idx = obs.time_index.cpu().numpy()
+    secs = np.round(obs.time_offset_hours.cpu().numpy() * 3600.0)
+    out = []
+    for k in range(int(idx.max()) + 1):
+        s = np.unique(secs[idx == k])
+        if s.size != 1 or not np.isfinite(s[0]):
+            return None
+        out.append(np.timedelta64(int(s[0]), "s"))
+    return out if all(b > a for a, b in zip(out, out[1:], strict=False)) else None
+
+
+def load_obs(
+    path: str | Path,
+    layout: ChannelLayout,
+    device: torch.device | str | None = None,
+    *,
+    analysis_time: np.datetime64 | str | None = None,
+    window_offsets: Sequence[np.timedelta64] | None = None,
+) -> ObsSet:
+    """Read an IODA file (e.g. one :func:`save_obs` wrote) into an ObsSet of ``layout``.
+
+    The analysis time and window offsets default to those stored in the file (``datetimeReference``,
+    ``aivarda_window_offsets_seconds``); a file without offsets has one window time per distinct
+    observation time. A malformed file raises one ObservationError line naming the file and field.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obs = obs.to("cpu")
-    meta = {key: ((DIM,), getattr(obs, field).numpy(), {"units": units}) for key, (field, units) in _META.items()}
-    meta["channelName"] = ((DIM,), np.asarray(obs.channel_names(layout), dtype=object), {})
-    meta["withheld"] = ((DIM,), obs.withheld.numpy().astype(np.int8), {})
-    xr.Dataset(
-        meta, attrs={"title": "aivarda observations", "channel_layout": json.dumps(layout.to_dict()), "n_obs": len(obs)}
-    ).to_netcdf(path, mode="w", engine="h5netcdf", group="MetaData")
-    for group, field in _GROUPS.items():
-        xr.Dataset({"value": ((DIM,), getattr(obs, field).numpy())}).to_netcdf(
-            path, mode="a", engine="h5netcdf", group=group
+    table = read_ioda(path)
+    stored_t0, stored_offsets = file_window(path)
+    t0 = np.datetime64(analysis_time, "s") if analysis_time is not None else stored_t0 or _UNIX_EPOCH
+    offsets = window_offsets if window_offsets is not None else stored_offsets
+    if offsets is None:
+        times = np.unique(table.time[~np.isnat(table.time)])
+        offsets = list(times - t0) if times.size else [np.timedelta64(0, "s")]
+    # every observation of a saved set was in its window: keep all, each at its nearest window time
+    return table.to_obsset(layout, t0, offsets, tolerance=np.timedelta64(36500, "D"), device=device)
+
+
+def file_format(path: str | Path) -> str:
+    """``"ioda" | "bufr" | "parquet" | "csv"`` from the file suffix (one clear error otherwise)."""
+    path = Path(path)
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise ObservationError(
+            f"{path}: unknown observation file type {path.suffix!r}; expected one of {sorted(SUFFIXES)}"
         )
-    return path
+    return fmt
 
 
-def _open_group(path: Path, group: str) -> xr.Dataset:
-    try:
-        return xr.load_dataset(path, engine="h5netcdf", group=group)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ObservationError(f"{path}: not an aivarda observation file (group {group}/: {first})") from None
+def read_table(path: str | Path, **options: Any) -> ObsTable:
+    """Read any supported observation file into an :class:`ObsTable` (dispatch on the suffix).
+
+    ``options`` go to the format's reader (``preqc_good`` for IODA; ``columns`` for Parquet/CSV)."""
+    fmt = file_format(path)
+    if fmt == "ioda":
+        return read_ioda(path, **options)
+    if fmt == "bufr":
+        from aivarda.observations.bufr import read_bufr
+
+        return read_bufr(path, **options)
+    from aivarda.observations.tabular import read_tabular
+
+    return read_tabular(path, **options)
 
 
-def load_obs(path: str | Path, layout: ChannelLayout, device: torch.device | str | None = None) -> ObsSet:
-    """Read an observation file written by :func:`save_obs`; a malformed file raises one
-    ObservationError line naming the file and what is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise ObservationError(f"{path}: observation file not found")
-    meta = _open_group(path, "MetaData")
-    needed = [*_META, "channelName", "withheld"]
-    missing = [f"MetaData/{k}" for k in needed if k not in meta]
-    groups = {g: _open_group(path, g) for g in _GROUPS}
-    missing += [f"{g}/value" for g, ds in groups.items() if "value" not in ds]
-    if missing:
-        raise ObservationError(f"{path}: malformed observation file, missing {missing}")
-    arrays = {field: meta[key].values for key, (field, _) in _META.items()}
-    arrays.update({field: groups[g]["value"].values for g, field in _GROUPS.items()})
-    lengths = {k: v.shape for k, v in arrays.items()}
-    n = len(meta["channelName"])
-    if any(s != (n,) for s in lengths.values()) or meta["withheld"].shape != (n,):
-        raise ObservationError(f"{path}: malformed observation file, variables of different shapes {lengths}")
-    names, inverse = np.unique(meta["channelName"].values.astype(str), return_inverse=True)
-    try:
-        indices = np.asarray([layout.index(str(s)) for s in names], dtype=np.int64)
-    except AivardaError as exc:
-        raise ObservationError(f"{path}: {exc}") from None
-    channel = indices[inverse.reshape(-1)] if n else np.zeros(0, np.int64)
-    arrays["withheld"] = meta["withheld"].values.astype(bool)
-    return ObsSet(channel=torch.as_tensor(channel), **{k: torch.as_tensor(v) for k, v in arrays.items()}).to(
-        device or "cpu"
-    )
+def read_observations(
+    path: str | Path,
+    layout: ChannelLayout,
+    analysis_time: np.datetime64 | str,
+    window_offsets: Sequence[np.timedelta64] | np.ndarray,
+    *,
+    tolerance: np.timedelta64 | None = None,
+    error_std: Mapping[str, float] | None = None,
+    device: torch.device | str | None = None,
+    **options: Any,
+) -> ObsSet:
+    """The observations of ``path`` that observe ``layout`` in the window ``analysis_time +
+    window_offsets`` (see :meth:`ObsTable.to_obsset` for ``tolerance`` and ``error_std``)."""
+    table = read_table(path, **options)
+    return table.to_obsset(layout, analysis_time, window_offsets, tolerance=tolerance, error_std=error_std,
+                           device=device)

@@ -9,6 +9,10 @@ NaN for channel observations (surface channels and observations on a model level
 
 ``value[n] = y_n`` and ``error_std[n] = σ_o,n`` (the diagonal of R^½); ``qc[n]`` is a
 :class:`QCFlag` (0 = good); ``withheld[n]`` keeps it out of the analysis for verification.
+Two optional fields describe where an observation came from (both 0 when unknown):
+``station[n]``, the station identifier packed into an int64 (:func:`aivarda.observations.table.encode_station_ids`,
+up to 9 ASCII characters), and ``report_type[n]``, an NCEP prepbufr report type (e.g. 120 radiosonde
+mass, 220 radiosonde wind, 181 / 281 surface land mass / wind).
 
 Nothing malformed is used silently: :meth:`ObsSet.validate` raises one
 :class:`~aivarda.errors.ObservationError` line naming the field, how many are bad and an example,
@@ -54,6 +58,8 @@ _DTYPES: dict[str, torch.dtype | None] = {
     "error_std": None,
     "qc": torch.int8,
     "withheld": torch.bool,
+    "station": torch.int64,
+    "report_type": torch.int32,
 }
 
 
@@ -84,9 +90,15 @@ class ObsSet:
     error_std: Tensor  # float [N], σ_o
     qc: Tensor  # int8 [N], QCFlag
     withheld: Tensor  # bool [N], kept out of the analysis (verification)
+    station: Tensor | None = None  # int64 [N], packed station id (0 = none); default zeros
+    report_type: Tensor | None = None  # int32 [N], prepbufr report type (0 = unknown); default zeros
 
     def __post_init__(self) -> None:
         device = torch.as_tensor(self.lat).device if isinstance(self.lat, Tensor) else None
+        n = len(torch.as_tensor(self.lat).reshape(-1))
+        for name in ("station", "report_type"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, torch.zeros(n, dtype=_DTYPES[name], device=device))
         lengths = {}
         for f in fields(self):
             t = _as_tensor(f.name, getattr(self, f.name), device)
@@ -115,9 +127,12 @@ class ObsSet:
         level: Any = None,
         qc: Any = None,
         withheld: Any = None,
+        station: Any = None,
+        report_type: Any = None,
         device: torch.device | str | None = None,
     ) -> ObsSet:
-        """Build an ObsSet; omitted fields default to time 0, offset 0 h, NaN level, QC good, not withheld."""
+        """Build an ObsSet; omitted fields default to time 0, offset 0 h, NaN level, QC good, not withheld,
+        no station, unknown report type."""
         lat_t = torch.as_tensor(lat, dtype=torch.float64, device=device).reshape(-1)
         n, dev = lat_t.shape[0], lat_t.device
         error_std = torch.as_tensor(error_std, device=dev)
@@ -134,6 +149,8 @@ class ObsSet:
             error_std=error_std,
             qc=torch.zeros(n, dtype=torch.int8, device=dev) if qc is None else qc,
             withheld=torch.zeros(n, dtype=torch.bool, device=dev) if withheld is None else withheld,
+            station=station,
+            report_type=report_type,
         )
 
     @classmethod
