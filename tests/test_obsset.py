@@ -160,31 +160,23 @@ def test_valid_set_passes_unchanged():
 def test_netcdf_round_trip(tmp_path: Path):
     obs = _obs(6).replace(
         level=torch.tensor([math.nan, 600.0, math.nan, 300.0, math.nan, math.nan], dtype=torch.float64),
-        channel=torch.tensor([0, 3, 1, 7, 8, 2]),
+        channel=torch.tensor([0, 4, 1, 6, 8, 2]),  # off-level ones on the nearest level (ln p)
         qc=torch.tensor([0, 3, 0, 2, 0, 0], dtype=torch.int8),
         withheld=torch.tensor([False, False, True, False, True, False]),
     )
     path = save_obs(obs, tmp_path / "sub" / "obs.nc", LAYOUT)
-    back = load_obs(path, LAYOUT)
-    for name in (
-        "time_index",
-        "time_offset_hours",
-        "lat",
-        "lon",
-        "channel",
-        "level",
-        "value",
-        "error_std",
-        "qc",
-        "withheld",
-    ):
+    back = load_obs(path, LAYOUT)  # an IODA v3 file: positions, pressure and values are float32 there
+    for name in ("time_index", "time_offset_hours", "channel", "qc", "withheld"):
         a, b = getattr(obs, name), getattr(back, name)
         assert a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0, msg=name)
-    with h5py.File(path, "r") as f:
+    for name in ("lat", "lon", "level", "value", "error_std"):
+        a, b = getattr(obs, name).float().double(), getattr(back, name).double()
+        torch.testing.assert_close(b, a, equal_nan=True, rtol=0 if name != "value" else 3e-7, atol=0, msg=name)
+    with h5py.File(path, "r") as f:  # a JEDI IODA v3 file (tests/test_obs_formats.py checks it in full)
         assert {"MetaData", "ObsValue", "ObsError", "PreQC"} <= set(f.keys())
-        assert {"latitude", "longitude", "timeOffset", "channelName", "pressure"} <= set(f["MetaData"].keys())
-        assert f["MetaData/channelName"][1].decode() == "z250"
+        assert {"latitude", "longitude", "dateTime", "pressure", "stationIdentification"} <= set(f["MetaData"].keys())
+        assert f["MetaData/pressure"][1] == 60000.0 and "geopotentialHeight" in f["ObsValue"]
 
 
 def test_netcdf_into_another_layout(tmp_path: Path):
@@ -193,7 +185,7 @@ def test_netcdf_into_another_layout(tmp_path: Path):
     fengwu = ChannelLayout.fengwu69()
     back = load_obs(tmp_path / "o.nc", fengwu)
     assert back.channel_names(fengwu) == ["t2m", "z500"]
-    with pytest.raises(ObservationError, match="unknown channel 'z500'"):
+    with pytest.raises(ObservationError, match="layout does not have .*'z500'"):
         load_obs(tmp_path / "o.nc", ChannelLayout(("t2m",), (), ()))
 
 
@@ -207,26 +199,25 @@ def test_malformed_files(tmp_path: Path):
         load_obs(tmp_path / "missing.nc", LAYOUT)
     junk = tmp_path / "junk.nc"
     junk.write_text("this is not HDF5")
-    with pytest.raises(ObservationError, match="not an aivarda observation file") as info:
+    with pytest.raises(ObservationError, match="not an IODA") as info:
         load_obs(junk, LAYOUT)
     assert "\n" not in str(info.value)
-    # a valid file with a group removed
+    # a valid file without ObsError loads, but observations without σ_o are flagged invalid
     path = save_obs(_obs(4), tmp_path / "o.nc", LAYOUT)
     with h5py.File(path, "a") as f:
         del f["ObsError"]
-    with pytest.raises(ObservationError, match="ObsError"):
-        load_obs(path, LAYOUT)
+    assert load_obs(path, LAYOUT).qc.tolist() == [QCFlag.INVALID] * 4
     # a structurally fine file with a NaN value loads, but is never used silently
     path = save_obs(_obs(4).replace(value=torch.tensor([1.0, math.nan, 2.0, 3.0])), tmp_path / "n.nc", LAYOUT)
     loaded = load_obs(path, LAYOUT)
     with pytest.raises(ObservationError, match="value: 1 of 4"):
         build_operator(loaded, GRID, LAYOUT, (LAYOUT.n_channels, *GRID.shape))
     assert loaded.validate(GRID, LAYOUT, qc_reject=True).qc.tolist() == [0, QCFlag.INVALID, 0, 0]
-    # a variable missing from MetaData
+    # a required variable missing from MetaData
     path = save_obs(_obs(4), tmp_path / "p.nc", LAYOUT)
     with h5py.File(path, "a") as f:
-        del f["MetaData/pressure"]
-    with pytest.raises(ObservationError, match=r"missing \['MetaData/pressure'\]"):
+        del f["MetaData/latitude"]
+    with pytest.raises(ObservationError, match=r"p\.nc: missing MetaData/latitude"):
         load_obs(path, LAYOUT)
 
 

@@ -94,7 +94,10 @@ def load_obs(
         times = np.unique(table.time[~np.isnat(table.time)])
         offsets = list(times - t0) if times.size else [np.timedelta64(0, "s")]
     # every observation of a saved set was in its window: keep all, each at its nearest window time
-    return table.to_obsset(layout, t0, offsets, tolerance=np.timedelta64(36500, "D"), device=device)
+    try:
+        return table.to_obsset(layout, t0, offsets, tolerance=np.timedelta64(36500, "D"), strict=True, device=device)
+    except ObservationError as exc:
+        raise ObservationError(f"{path}: {exc}") from None
 
 
 def file_format(path: str | Path) -> str:

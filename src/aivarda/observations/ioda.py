@@ -26,8 +26,10 @@ its fill value. Global attributes: ``_ioda_layout = "ObsGroup"``, ``_ioda_layout
 Reading accepts any IODA v3 file: ``Location`` dimension, ``MetaData/latitude``, ``longitude`` and
 ``dateTime`` (``seconds since <ISO time>``; any epoch) are required, the rest is optional. A value
 equal to the variable's ``_FillValue`` (or to JEDI's missing value) is missing: a missing ObsValue
-means "not observed here" (no row); a missing position, time, error or pressure makes the row
-unusable (flagged ``QCFlag.INVALID`` by :meth:`ObsTable.to_obsset`). ``PreQC`` is read as an aivarda
+means "not observed here" (no row); a NaN ObsValue is an observation without a usable value, and a
+missing position, time, error or pressure makes the row unusable too (both flagged
+``QCFlag.INVALID`` by :meth:`ObsTable.to_obsset`, never used silently). Rows come back in Location
+order (variables by name within a Location). ``PreQC`` is read as an aivarda
 QCFlag in files aivarda wrote; for other files ``preqc_good`` says which PreQC values are good
 (``PreQC ≤ preqc_good`` → good, larger → ``QCFlag.INVALID``; default 0).
 """
@@ -120,9 +122,7 @@ def write_ioda(
                     ("PreQC", table.qc, INT_MISSING, np.int32),
                 ):
                     data = np.full(n_loc, fill, dtype=dtype)
-                    data[loc[rows]] = column[rows]
-                    if dtype is np.float32:
-                        data[~np.isfinite(data)] = fill
+                    data[loc[rows]] = column[rows]  # a NaN value stays NaN: present, but unusable
                     _var(groups[group], name, data, fill, None if group == "PreQC" else units)
 
     atomic_write(path, write)
@@ -132,7 +132,7 @@ def write_ioda(
 def _var(group: Any, name: str, data: np.ndarray, fill: Any, units: str | None = None) -> None:
     dtype = np.asarray(fill).dtype
     data = np.asarray(data)
-    if dtype == np.float32:
+    if dtype == np.float32 and group.name.strip("/") != "ObsValue":
         data = np.where(np.isfinite(data), data, fill)
     v = group.createVariable(name, dtype, ("Location",), fill_value=fill)
     if data.size:
@@ -168,8 +168,9 @@ def _fail(path: Path, msg: str) -> ObservationError:
     return ObservationError(f"{path}: {msg}")
 
 
-def _read(path: Path, group: Any, name: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Values and a 'missing' mask of one variable (its _FillValue, JEDI's missing value, NaN)."""
+def _read(path: Path, group: Any, name: str, where: str, nan_missing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Values and a 'missing' mask of one variable (its _FillValue, JEDI's missing value, and NaN
+    unless ``nan_missing`` is false)."""
     var = group.variables[name]
     try:
         raw = var[...]
@@ -190,7 +191,7 @@ def _read(path: Path, group: Any, name: str, where: str) -> tuple[np.ndarray, np
     if fill is not None:
         missing |= raw == np.asarray(fill).astype(raw.dtype).reshape(())
     if raw.dtype.kind == "f":
-        missing |= ~np.isfinite(raw) | (raw == FLOAT_MISSING) | (raw == DOUBLE_MISSING)
+        missing |= (raw == FLOAT_MISSING) | (raw == DOUBLE_MISSING) | (np.isinf(raw) if not nan_missing else ~np.isfinite(raw))
     elif raw.dtype.kind in "iu":
         jedi = INT64_MISSING if raw.dtype.itemsize == 8 else INT_MISSING
         if raw.dtype.itemsize >= 4:
@@ -267,9 +268,9 @@ def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
     if "ObsValue" not in groups:
         raise _fail(path, "missing group ObsValue/")
     aivarda_qc = str(ds.attrs.get("aivarda_preqc", "")) == "QCFlag" if preqc_good is None else False
-    tables = []
+    tables, locations = [], []
     for name in sorted(groups["ObsValue"].variables):
-        value, v_missing = _read(path, groups["ObsValue"], name, f"ObsValue/{name}")
+        value, v_missing = _read(path, groups["ObsValue"], name, f"ObsValue/{name}", nan_missing=False)
         if value.shape != (n,) or value.dtype.kind not in "fiu":
             raise _fail(path, f"ObsValue/{name}: expected {n} numbers (Location), got {value.shape} {value.dtype}")
         error = np.full(n, np.nan)
@@ -289,12 +290,14 @@ def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
             else:
                 qc = np.where(q <= (preqc_good or 0), 0, int(QCFlag.INVALID)).astype(np.int32)
         rows = np.flatnonzero(~v_missing)
+        locations.append(rows)
         tables.append(ObsTable(
             variable=np.full(rows.size, name, dtype=object), time=time[rows], lat=lat[rows], lon=lon[rows],
             pressure=pressure[rows], value=value[rows].astype(np.float64), error=error[rows], qc=qc[rows],
             station=station[rows], report_type=report_type[rows], withheld=withheld[rows],
         ))
-    return ObsTable.concat(tables)
+    table = ObsTable.concat(tables)  # rows in Location order (variables by name within a Location)
+    return table.select(np.argsort(np.concatenate(locations), kind="stable")) if tables else table
 
 
 def file_window(path: str | Path) -> tuple[np.datetime64 | None, list[np.timedelta64] | None]:

@@ -191,6 +191,7 @@ class ObsTable:
         *,
         tolerance: np.timedelta64 | None = None,
         error_std: Mapping[str, float] | None = None,
+        strict: bool = False,
         device: torch.device | str | None = None,
     ) -> ObsSet:
         """The observations of this table that observe ``layout`` inside the window.
@@ -199,7 +200,8 @@ class ObsTable:
         A row belongs to the nearest window time when it is at most ``tolerance`` from it (default:
         half the smallest spacing of the offsets, or 3 h for a one-time window). ``error_std`` gives
         σ_o per aivarda variable (state units, as ``observations.error_std`` in a config) for rows
-        whose file has no error.
+        whose file has no error. ``strict``: an observation of an aivarda variable that ``layout``
+        lacks is an error instead of being left out (for files that should match the layout).
         """
         t0 = np.datetime64(analysis_time, "s")
         offsets = np.asarray([np.timedelta64(o, "s") for o in window_offsets], dtype="timedelta64[s]")
@@ -222,6 +224,12 @@ class ObsTable:
             var = resolve(name, with_p)
             if var is None:
                 continue
+            if (var.aivarda not in layout.upper_air if var.upper_air else var.aivarda not in layout.surface) and strict:
+                example = var.aivarda + (f"{self.pressure[rows[0]] / 100:g}" if var.upper_air else "")
+                raise ObservationError(
+                    f"observations: {rows.size} observations of {name} — channels this layout does not have "
+                    f"(e.g. {example!r}; layout: surface {list(layout.surface)}, upper-air {list(layout.upper_air)})"
+                )
             if var.upper_air:
                 if var.aivarda not in layout.upper_air or not with_p:
                     continue
