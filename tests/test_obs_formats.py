@@ -338,6 +338,36 @@ def test_bufr_round_trip_preserves_every_value_to_bufr_precision(tmp_path: Path)
         assert math.hypot(ub - u, vb - v) <= 0.05 + speed * math.radians(0.5) + 1e-9
 
 
+def test_reads_a_two_subset_synop_message_encoded_with_eccodes(tmp_path: Path):
+    """A SYNOP message with two stations (uncompressed subsets), encoded here with ecCodes directly."""
+    import eccodes as ec
+
+    h = ec.codes_bufr_new_from_samples("BUFR4")
+    ec.codes_set(h, "dataCategory", 0)
+    ec.codes_set(h, "numberOfSubsets", 2)
+    ec.codes_set(h, "compressedData", 0)
+    ec.codes_set_array(h, "inputDelayedDescriptorReplicationFactor", [0, 0, 0, 0])
+    ec.codes_set_array(h, "unexpandedDescriptors", [307080])
+    stations = [(3, 772, 51.48, -0.45, 284.15, 250, 6.2, 101250.0), (10, 393, 52.21, 14.12, 271.35, 90, 2.0, 102010.0)]
+    for k, (b, s, lat, lon, t2, d, v, msl) in enumerate(stations):
+        for key, val in (("blockNumber", b), ("stationNumber", s), ("year", 2020), ("month", 1), ("day", 1),
+                         ("hour", 0), ("minute", 30), ("latitude", lat), ("longitude", lon), ("airTemperature", t2),
+                         ("windDirection", d), ("windSpeed", v), ("pressureReducedToMeanSeaLevel", msl)):
+            ec.codes_set(h, f"#{k + 1}#{key}", val)
+    ec.codes_set(h, "pack", 1)
+    (tmp_path / "synop.bufr").write_bytes(ec.codes_get_message(h))
+    ec.codes_release(h)
+    obs = read_observations(tmp_path / "synop.bufr", LAYOUT, T0, [np.timedelta64(0, "h")],
+                            error_std={"t2m": 1.0, "u10m": 2.0, "v10m": 2.0, "msl": 100.0})
+    got = {(s, n): v for s, n, v in zip(decode_station_ids(obs.station), obs.channel_names(LAYOUT), obs.value.tolist(),
+                                        strict=True)}
+    assert len(obs) == 8 and (obs.time_offset_hours == 0.5).all() and (obs.qc == 0).all()
+    assert got[("03772", "t2m")] == pytest.approx(284.15) and got[("10393", "msl")] == 102010.0
+    # 6.2 m/s from 250°: u = −6.2 sin 250° = 5.826, v = −6.2 cos 250° = 2.121; 2 m/s from the east: u = −2
+    assert got[("03772", "u10m")] == pytest.approx(5.8261, abs=1e-4) and got[("03772", "v10m")] == pytest.approx(2.1205, abs=1e-4)
+    assert got[("10393", "u10m")] == pytest.approx(-2.0) and got[("10393", "v10m")] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_bufr_writer_rejects_what_the_templates_cannot_carry(tmp_path: Path):
     table = ObsTable.create(["windEastward"], [T0], [0.0], [0.0], [3.0], pressure=[50000.0], station=["10393"])
     with pytest.raises(ObservationError, match="direction and speed"):

@@ -114,14 +114,11 @@ def write_bufr(table: ObsTable, path: str | Path, *, overwrite: bool = False) ->
         )
     if np.isnat(table.time).any() or not np.isfinite(table.lat).all() or not np.isfinite(table.lon).all():
         raise ObservationError(f"{path}: every observation written to BUFR needs a time and a position")
-    messages = []
-    for upper in (True, False):
-        rows = np.flatnonzero(has_p == upper)
-        keys = [(s, int(t)) for s, t in zip(table.station[rows].tolist(), table.time[rows].astype(np.int64).tolist(),
-                                            strict=True)]
-        for key in sorted(set(keys)):
-            sel = rows[[k == key for k in keys]]
-            messages.append((_encode_temp if upper else _encode_synop)(ec, table, names, sel, path))
+    reports: dict[tuple[bool, str, int], list[int]] = {}
+    for i, key in enumerate(zip(has_p.tolist(), table.station.tolist(), table.time.astype(np.int64).tolist(), strict=True)):
+        reports.setdefault(key, []).append(i)
+    messages = [(_encode_temp if key[0] else _encode_synop)(ec, table, names, np.asarray(reports[key]), path)
+                for key in sorted(reports, key=lambda k: (not k[0], k[1], k[2]))]
     atomic_write(path, lambda tmp: tmp.write_bytes(b"".join(messages)))
     return path
 

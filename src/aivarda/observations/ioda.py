@@ -101,8 +101,9 @@ def write_ioda(
                 ds.setncattr("aivarda_window_offsets_seconds", offs)
             md = ds.createGroup("MetaData")
             time = meta(table.time)
-            seconds = np.where(np.isnat(time), INT64_MISSING, (time - _EPOCH) / _SECOND if n_loc else 0)
-            _var(md, "dateTime", seconds.astype(np.int64), INT64_MISSING, EPOCH_UNITS)
+            seconds = (time - _EPOCH).astype("timedelta64[s]").astype(np.int64)
+            seconds[np.isnat(time)] = INT64_MISSING
+            _var(md, "dateTime", seconds, INT64_MISSING, EPOCH_UNITS)
             _var(md, "latitude", meta(table.lat), FLOAT_MISSING, "degree_north")
             _var(md, "longitude", meta(table.lon), FLOAT_MISSING, "degree_east")
             _var(md, "pressure", meta(table.pressure), FLOAT_MISSING, "Pa")
@@ -228,8 +229,8 @@ def read_ioda(path: str | Path, *, preqc_good: int | None = None) -> ObsTable:
 def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
     if "Location" not in ds.dimensions:
         found = sorted(ds.dimensions)
-        raise _fail(path, f"no root dimension 'Location' (IODA v3); found {found}"
-                          + (" — an IODA v1/v2 file ('nlocs'); upgrade it with ioda-upgrade-v2-to-v3" if "nlocs" in found else ""))
+        hint = " — an IODA v1/v2 file ('nlocs'): upgrade it to v3 (ioda-upgrade-v2-to-v3)" if "nlocs" in found else ""
+        raise _fail(path, f"no root dimension 'Location' (IODA v3); found {found}{hint}")
     n = int(ds.dimensions["Location"].size)
     groups = ds.groups
     if "MetaData" not in groups:
@@ -237,7 +238,8 @@ def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
     md = groups["MetaData"]
     for name in ("dateTime", "latitude", "longitude"):
         if name not in md.variables:
-            hint = " (an old 'datetime' string variable: upgrade the file to IODA v3)" if name == "dateTime" and "datetime" in md.variables else ""
+            old = name == "dateTime" and "datetime" in md.variables
+            hint = " (an old 'datetime' string variable: upgrade the file to IODA v3)" if old else ""
             raise _fail(path, f"missing MetaData/{name}{hint}")
     seconds, t_missing = _read(path, md, "dateTime", "MetaData/dateTime")
     if seconds.dtype.kind not in "iu":
