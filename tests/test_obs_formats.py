@@ -442,3 +442,4 @@ def test_one_representation_for_every_format(tmp_path: Path):
         assert torch.equal(obs.channel, ref.channel) and torch.equal(obs.time_index, ref.time_index), name
         torch.testing.assert_close(obs.level, ref.level, equal_nan=True, rtol=0, atol=0.051, msg=name)  # 10 Pa
         torch.testing.assert_close(obs.value, ref.value, rtol=2e-3, atol=0.6, msg=name)
+
