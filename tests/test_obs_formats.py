@@ -81,7 +81,9 @@ def _jedi_file(path: Path, *, datetime_units: str = "seconds since 1970-01-01T00
             s[:] = netCDF4.stringtochar(np.array(ids, dtype="S8"))
         else:
             md.createVariable("stationIdentification", str, ("Location",))[:] = np.array(ids, dtype=object)
-        rt = md.createVariable("observationTypeNum", "i4", ("Location",), fill_value=i4)
+        # ioda-converters' prepbufr converters name it prepbufrReportType; older files observationTypeNum
+        rt = md.createVariable("observationTypeNum" if char_ids else "prepbufrReportType", "i4", ("Location",),
+                               fill_value=i4)
         rt[:] = [120, 120, 120, 181, 181]
         values = {  # name: (units, values; masked = not observed, errors)
             "airTemperature": ("K", [270.5, 255.25, 240.0, 285.0, 280.0], [1.0, 1.0, 1.2, 1.5, 1.0]),
@@ -130,8 +132,18 @@ def test_reads_a_jedi_ioda_v3_file(tmp_path: Path):
     # a one-time window (3DVar): ±3 h by default
     assert len(read_observations(path, LAYOUT, T0, [np.timedelta64(0, "h")])) == 5  # not 05:50 nor the next day
     # fixed-length character station ids are read as well
-    assert decode_station_ids(read_observations(_jedi_file(tmp_path / "c.nc", char_ids=True), LAYOUT, T0, WINDOW)
-                              .station)[:1] == ["10393"]
+    other = read_observations(_jedi_file(tmp_path / "c.nc", char_ids=True), LAYOUT, T0, WINDOW)
+    assert decode_station_ids(other.station)[:1] == ["10393"] and other.report_type.tolist()[:1] == [120]
+
+
+def test_ncep_quality_markers_in_ioda(tmp_path: Path):
+    path = _jedi_file(tmp_path / "qm.nc")
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.renameGroup("PreQC", "QualityMarker")
+        ds["QualityMarker/airTemperature"][:] = [2, 9, 1, 3, 0]  # NCEP: > 3 rejected
+    t = read_ioda(path)
+    air = t.variable == "airTemperature"
+    assert t.qc[air].tolist() == [0, int(QCFlag.INVALID), 0, 0, 0]
 
 
 def test_foreign_preqc_needs_a_threshold(tmp_path: Path):

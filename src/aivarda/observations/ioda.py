@@ -8,7 +8,7 @@ Layout written (and required when read), as JEDI's IODA v3 ``ObsGroup`` defines 
     MetaData/longitude              float   degree_east
     MetaData/pressure               float   Pa   (fill for surface observations)
     MetaData/stationIdentification  string
-    MetaData/observationTypeNum     int     NCEP prepbufr report type (fill when unknown)
+    MetaData/prepbufrReportType     int     NCEP prepbufr report type (fill when unknown)
     MetaData/withheld               int     aivarda: 1 = kept for verification, not assimilated
     ObsValue/<variable>             float   IODA units (aivarda.observations.variables)
     ObsError/<variable>             float   σ_o, same units
@@ -31,7 +31,10 @@ missing position, time, error or pressure makes the row unusable too (both flagg
 ``QCFlag.INVALID`` by :meth:`ObsTable.to_obsset`, never used silently). Rows come back in Location
 order (variables by name within a Location). ``PreQC`` is read as an aivarda
 QCFlag in files aivarda wrote; for other files ``preqc_good`` says which PreQC values are good
-(``PreQC ≤ preqc_good`` → good, larger → ``QCFlag.INVALID``; default 0).
+(``PreQC ≤ preqc_good`` → good, larger → ``QCFlag.INVALID``; default 0). NCEP quality markers in
+``QualityMarker/<variable>`` (prepbufr converters) flag an observation invalid when larger than 3, as
+in :mod:`aivarda.observations.tabular`. The report type is ``MetaData/prepbufrReportType`` (as
+ioda-converters' prepbufr converters write it), else ``MetaData/observationTypeNum``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import numpy as np
 from aivarda.errors import ObservationError
 from aivarda.files import atomic_write
 from aivarda.observations.obsset import QCFlag
-from aivarda.observations.table import ObsTable
+from aivarda.observations.table import GOOD_MARKER_MAX, ObsTable
 from aivarda.observations.variables import BY_IODA, SURFACE_ALIASES
 
 EPOCH_UNITS = "seconds since 1970-01-01T00:00:00Z"
@@ -111,7 +114,7 @@ def write_ioda(
             s = md.createVariable("stationIdentification", str, ("Location",))
             s[:] = station
             rtype = meta(table.report_type)
-            _var(md, "observationTypeNum", np.where(rtype == 0, INT_MISSING, rtype).astype(np.int32), INT_MISSING)
+            _var(md, "prepbufrReportType", np.where(rtype == 0, INT_MISSING, rtype).astype(np.int32), INT_MISSING)
             _var(md, "withheld", meta(table.withheld).astype(np.int32), INT_MISSING, "1")
             groups = {g: ds.createGroup(g) for g in ("ObsValue", "ObsError", "PreQC")}
             for name in variables:
@@ -262,7 +265,8 @@ def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
     lon = column("longitude", np.float64, np.nan)
     pressure = column("pressure", np.float64, np.nan)
     station = column("stationIdentification", object, "")
-    report_type = column("observationTypeNum", np.int32, 0)
+    report_type = column("prepbufrReportType" if "prepbufrReportType" in md.variables else "observationTypeNum",
+                         np.int32, 0)
     withheld = column("withheld", np.int32, 0).astype(bool)
     if time.shape != (n,):
         raise _fail(path, f"MetaData/dateTime: {time.shape[0]} values, expected Location = {n}")
@@ -282,6 +286,11 @@ def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
                 raise _fail(path, f"ObsError/{name}: {e.shape[0]} values, expected Location = {n}")
             error = np.where(e_missing, np.nan, e.astype(np.float64))
         qc = np.zeros(n, dtype=np.int32)
+        if "QualityMarker" in groups and name in groups["QualityMarker"].variables:  # NCEP markers (prepbufr)
+            m, m_missing = _read(path, groups["QualityMarker"], name, f"QualityMarker/{name}")
+            if m.shape != (n,) or m.dtype.kind not in "iu":
+                raise _fail(path, f"QualityMarker/{name}: expected {n} integers (Location), got {m.shape} {m.dtype}")
+            qc = np.where(~m_missing & (m > GOOD_MARKER_MAX), int(QCFlag.INVALID), 0).astype(np.int32)
         if "PreQC" in groups and name in groups["PreQC"].variables:
             q, q_missing = _read(path, groups["PreQC"], name, f"PreQC/{name}")
             if q.shape != (n,) or q.dtype.kind not in "iu":
@@ -290,7 +299,7 @@ def _read_open(path: Path, ds: Any, preqc_good: int | None) -> ObsTable:
             if aivarda_qc:
                 qc = np.where((q >= 0) & (q <= max(QCFlag)), q, int(QCFlag.INVALID)).astype(np.int32)
             else:
-                qc = np.where(q <= (preqc_good or 0), 0, int(QCFlag.INVALID)).astype(np.int32)
+                qc = np.maximum(qc, np.where(q <= (preqc_good or 0), 0, int(QCFlag.INVALID))).astype(np.int32)
         rows = np.flatnonzero(~v_missing)
         locations.append(rows)
         tables.append(ObsTable(

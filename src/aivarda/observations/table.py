@@ -39,6 +39,7 @@ from aivarda.observations.obsset import ObsSet, QCFlag
 from aivarda.observations.variables import BY_AIVARDA, for_aivarda, resolve
 
 STATION_ID_CHARS = 9
+GOOD_MARKER_MAX = 3  # NCEP quality markers: 0 keep, 1 good, 2 neutral, 3 suspect; larger: rejected
 _SECOND = np.timedelta64(1, "s")
 
 

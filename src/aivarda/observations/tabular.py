@@ -49,7 +49,7 @@ import numpy as np
 from aivarda.errors import ObservationError
 from aivarda.files import atomic_write
 from aivarda.observations.obsset import QCFlag
-from aivarda.observations.table import ObsTable
+from aivarda.observations.table import GOOD_MARKER_MAX, ObsTable
 from aivarda.observations.variables import resolve
 
 ZERO_CELSIUS = 273.15
@@ -64,7 +64,6 @@ VALUE_COLUMNS: dict[str, tuple[str | None, str | None, tuple[float, float], str,
     "POB": (None, "stationPressure", (100.0, 0.0), "PQM", "POE", 100.0),
     "PMO": (None, "pressureReducedToMeanSeaLevel", (100.0, 0.0), "PQM", None, 1.0),
 }
-GOOD_MARKER_MAX = 3
 
 
 def _pyarrow() -> Any:
