@@ -387,6 +387,10 @@ def test_bufr_writer_rejects_what_the_templates_cannot_carry(tmp_path: Path):
     table = ObsTable.create(["precipitableWater"], [T0], [0.0], [0.0], [3.0])
     with pytest.raises(ObservationError, match="cannot write"):
         write_bufr(table, tmp_path / "p.bufr")
+    table = ObsTable.create(["airTemperatureAt2M"], [T0], [0.0], [0.0], [280.0])
+    with pytest.raises(ObservationError, match="1 observations have no station id"):
+        write_bufr(table, tmp_path / "s.bufr")
+    assert not (tmp_path / "s.bufr").exists()
     (tmp_path / "junk.bufr").write_bytes(b"BUFR not really")
     with pytest.raises(ObservationError, match="junk.bufr"):
         read_bufr(tmp_path / "junk.bufr")

@@ -114,6 +114,9 @@ def write_bufr(table: ObsTable, path: str | Path, *, overwrite: bool = False) ->
         )
     if np.isnat(table.time).any() or not np.isfinite(table.lat).all() or not np.isfinite(table.lon).all():
         raise ObservationError(f"{path}: every observation written to BUFR needs a time and a position")
+    if (table.station == "").any():
+        raise ObservationError(f"{path}: BUFR reports are per station; {int((table.station == '').sum())} "
+                               "observations have no station id (ObsTable.station / ObsSet.station)")
     reports: dict[tuple[bool, str, int], list[int]] = {}
     for i, key in enumerate(zip(has_p.tolist(), table.station.tolist(), table.time.astype(np.int64).tolist(), strict=True)):
         reports.setdefault(key, []).append(i)
