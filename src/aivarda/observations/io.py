@@ -33,7 +33,7 @@ from aivarda.observations.table import ObsTable
 _UNIX_EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
 SUFFIXES: dict[str, str] = {
     ".nc": "ioda", ".nc4": "ioda", ".h5": "ioda",
-    ".bufr": "bufr", ".bfr": "bufr", ".bin": "bufr",
+    ".bufr": "bufr", ".bfr": "bufr",
     ".parquet": "parquet", ".pq": "parquet",
     ".csv": "csv",
 }
