@@ -164,6 +164,46 @@ def test_forecast_store_reads_into_the_weatherbench2_forecast_structure(cf_run, 
         np.testing.assert_array_equal(flipped["temperature"].values[..., ::-1, :], fc["temperature"].values)
 
 
+def test_resumed_run_writes_the_same_forecast_fields(cf_run, tmp_path: Path) -> None:
+    """Killed in cycle 2 before its forecast: the resumed run redoes cycle 2 and its
+    forecasts.zarr equals the uninterrupted run's, value for value."""
+    cfg, ref = cf_run
+
+    def fail(cycle: int, stage: str) -> None:
+        if (cycle, stage) == (2, "analysis"):
+            raise RuntimeError("injected")
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected"):
+        CyclingRunner(cfg, out, progress=False, hook=fail).run()
+    with xr.open_zarr(out / "forecasts.zarr") as fc:  # cycle 0's forecast is there, cycle 2's not yet
+        assert not np.isnan(fc["temperature"].values[0]).any() and np.isnan(fc["temperature"].values[1]).all()
+    CyclingRunner(cfg, out, progress=False).run(resume=True)
+    for name in ("forecasts.zarr", "analyses.zarr", "backgrounds.zarr"):
+        with xr.open_zarr(out / name) as a, xr.open_zarr(ref / name) as b:
+            xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+            assert not any(np.isnan(a[v].values).any() for v in a.data_vars)  # every slot was written
+
+
+def test_assimilate_states_file_is_cf(tiny_nature_run: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from aivarda.cli import main
+
+    cfg = {"name": "cf_single", "data": {"source": "zarr", "path": str(tiny_nature_run)}, "span": "eval",
+           "background": {"lag": "24h"}, "observations": {"mode": "random", "fraction": 0.1, "withhold": 0.15},
+           "assimilation": {"method": "3dvar", "background_error": {"type": "diagonal"}, "outer_loops": 1,
+                            "inner_iterations": 5}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["assimilate", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "out"), "--json"]) == 0
+    with xr.open_dataset(tmp_path / "out" / "states.nc", engine="h5netcdf") as ds:
+        check_cf(ds, "states.nc")
+    states, _, layout, when = read_states(tmp_path / "out" / "states.nc")
+    truth = Wb2ZarrSource(tiny_nature_run)
+    np.testing.assert_array_equal(states["truth"], truth.state(when).numpy())
+    np.testing.assert_array_equal(states["background"], truth.state(when - np.timedelta64(24, "h")).numpy())
+
+
 def test_forecast_fields_need_forecasts(cycling_store: Path, tmp_path: Path) -> None:  # noqa: F811
     config = write_config(tmp_path / "x.yaml", cycling_store, tmp_path / "x", forecast={"every": 0},
                           outputs={"forecast_fields": True})
