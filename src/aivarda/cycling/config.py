@@ -69,6 +69,11 @@ class OutputsConfig(StrictModel):
     analyses_zarr: bool = Field(default=True, description="every analysis into analyses.zarr (WB2 layout)")
     backgrounds_zarr: bool = Field(default=False, description="every background into backgrounds.zarr")
     observations: bool = Field(default=False, description="each cycle's ObsSet into observations/cycle_NNNNN.nc")
+    forecast_fields: bool = Field(
+        default=False,
+        description="every scored forecast (forecast.every) as fields into forecasts.zarr, in the WeatherBench2 "
+                    "forecast layout (time = initialisation time, prediction_timedelta = 0 … forecast.lead)",
+    )
 
 
 class CyclingConfig(DAExperimentConfig):
@@ -93,6 +98,8 @@ class CyclingConfig(DAExperimentConfig):
             raise ValueError("cycle_time must be positive")
         if (self.end_time - self.start_time) % self.cycle_time:
             raise ValueError("end_time - start_time must be a whole number of cycle_time")
+        if self.outputs.forecast_fields and self.forecast.every == 0:
+            raise ValueError("outputs.forecast_fields: no forecasts are made; set forecast.every ≥ 1 (and forecast.lead)")
         return self
 
     def torch_device(self) -> str:
