@@ -80,7 +80,8 @@ class CyclingConfig(DAExperimentConfig):
     """A cycling experiment: :class:`~aivarda.components.DAExperimentConfig` plus the time-lagged
     ensemble, the cycling model, the forecasts and the outputs."""
 
-    dynamic_member: int = Field(default=8, ge=1, description="time-lagged members (forecast leads 1…N cycles)")
+    dynamic_member: int = Field(default=8, ge=1, description="time-lagged members (forecast leads 1…N cycles), kept when the "
+                                "method or its B uses an ensemble; otherwise only the background (lead 1) is forecast")
     gap: int = Field(default=8, ge=1, description="first background: forecast of the truth `gap` cycles earlier")
     observations: ObservationConfig = Field(default_factory=seed_observations)
     model: ModelConfig | None = Field(default=None, description="the cycling model (dt = cycle_time); null: shipped")

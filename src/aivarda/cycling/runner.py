@@ -16,7 +16,8 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
 4. ``x_a = x_b + U z*`` by the method (:func:`aivarda.assimilation.analysis.analyse_window`);
 5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
    minimiser's diagnostics and the wall time of each stage;
-6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store (``"own"``: the
+6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store (1 cycle, the next
+   background, when neither the method nor its B uses the ensemble; ``"own"``: the
    analysis members forecast one cycle), and every
    ``forecast.every`` cycles a ``forecast.lead`` forecast scored against the truth;
 7. outputs, then the commit (:mod:`aivarda.cycling.state`): with ``outputs.forecast_fields`` the
@@ -97,6 +98,9 @@ class CyclingRunner:
         self.steps_per_cycle = steps_between(cfg.cycle_time, self.model.dt, "cycle_time")
         self.window = self.method.window(self.times[0], parts.window_model)
         self.needs_members = parts.b_needs_ensemble or self.method.needs.ensemble
+        own = self.method.needs.ensemble_source == "own"
+        # members kept per cycle: the ensemble when the method or its B uses one, else the background alone
+        self.members = cfg.dynamic_member if self.needs_members or own else 1
         self.stats = parts.stats
         self.forecast_cycles = int(cfg.forecast.lead / cfg.cycle_time) if cfg.forecast.every else 0
         self._check_truth()
@@ -113,7 +117,7 @@ class CyclingRunner:
         return TimeSpan(self.times[0], last)
 
     def _initial_truth_times(self) -> np.ndarray:
-        return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.cfg.dynamic_member)
+        return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.members)
 
     def _check_truth(self) -> None:
         needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.window.offsets[None, :]).ravel(),
@@ -122,7 +126,7 @@ class CyclingRunner:
         if missing.size:
             raise DataError(
                 f"{getattr(self.source, 'path', 'data')}: {missing.size} truth times the run needs are missing, "
-                f"first {np.datetime_as_string(missing.min(), 'm')} (the initial members need gap + dynamic_member − 1 = {self.cfg.gap + self.cfg.dynamic_member - 1} "
+                f"first {np.datetime_as_string(missing.min(), 'm')} (the initial members need gap + members − 1 = {self.cfg.gap + self.members - 1} "
                 f"cycles before start_time; the method's windows need their {self.window.n_times} times)"
             )
 
@@ -142,7 +146,7 @@ class CyclingRunner:
         if not metadata.is_file():  # the code, host, store and leakage record of the run's first start
             atomic_write_json(metadata, {**code, "store_fingerprint": self.provenance["store_fingerprint"],
                                          "store_content": self.provenance["store_content"], "leakage": self.provenance})
-        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles, layout=self.layout)
+        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, self.members, n_cycles, layout=self.layout)
         self.commit = code["git_commit"]
         self.series = self._series()
         self.analyses, self.backgrounds = self.series.get("analyses"), self.series.get("backgrounds")
@@ -284,14 +288,14 @@ class CyclingRunner:
 
     def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float],
                    keep: int | None = None, fields_index: int | None = None) -> tuple[Tensor | None, dict[str, Any] | None]:
-        """Forecast ``x_a`` cycle by cycle: the first ``keep`` (default ``dynamic_member``) states
+        """Forecast ``x_a`` cycle by cycle: the first ``keep`` (default: the members kept) states
         are kept (the new members, ``[K, C, H, W]``; ``None`` when ``keep = 0``); the first
         ``n_scored`` are scored against the truth as they come (RMSE per channel, leads whose truth
         is in the source), so a long forecast holds one state. With ``fields_index`` the scored
         forecast's states (lead 0: ``x_a``) are written at that initialisation index of ``forecasts.zarr``."""
         from aivarda.evaluation.metrics import rmse
 
-        K = self.cfg.dynamic_member if keep is None else keep
+        K = self.members if keep is None else keep
         members: list[Tensor] = []
         leads: list[float] = []
         scores: list[Tensor] = []
