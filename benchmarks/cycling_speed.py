@@ -1,6 +1,16 @@
-"""Seconds per stage of 3DVar cycling, and the projected time of a month (124 cycles of 6 h).
+"""Seconds per stage of cycling, and the projected time of a month (124 cycles of 6 h).
 
-    python benchmarks/cycling_speed.py [--cycles 9] [--members 8] [--genbe FILE|none] [--device cpu] [--json]
+    python benchmarks/cycling_speed.py [--methods 3dvar,4dvar-mi,4dvar-linear] [--cycles 9] [--members 8]
+                                       [--genbe FILE|none] [--device cpu] [--json]
+
+Methods (each run on the same cycles, one after the other, in this process):
+
+- ``3dvar``: as ``configs/exp_3DVar.yaml``;
+- ``4dvar-mi``: multi-incremental 4DVar as ``configs/exp_4DVar.yaml`` (6-hour window of 1-hour
+  steps, the shipped 1-hour transformer in the outer loops, its linear part in the inner loops);
+- ``4dvar-linear``: the previous ``exp_4DVar``: the linear part alone in every iteration
+  (``linear_prior_only``), no nonlinear model in the window;
+- ``4dvar-full``: the transformer in every iteration (forward and adjoint; slow on CPUs).
 
 World: ``--store`` (any WB2-layout store with 6-hourly states), else the default nature run (T42)
 when it is cached under ``$AIVARDA_HOME``, else the tiny one (T21; spun up from rest when the
@@ -40,6 +50,15 @@ from aivarda.data.sources import Wb2ZarrSource
 from aivarda.paths import aivarda_home
 
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
+WINDOW_MODEL = "${AIVARDA_ASSETS}/fengwu_1h.pt"
+_WINDOW = {"da_win": 6, "window_interval": "1h", "flow_error": 8.0}
+METHODS: dict[str, tuple[dict, dict | None]] = {
+    "3dvar": ({"method": "3dvar"}, None),
+    "4dvar-mi": ({"method": "4dvar", **_WINDOW, "inner_model": "linear_prior"}, {"window_model": {"checkpoint": WINDOW_MODEL}}),
+    "4dvar-linear": ({"method": "4dvar", **_WINDOW}, {"window_model": {"checkpoint": WINDOW_MODEL, "linear_prior_only": True}}),
+    "4dvar-full": ({"method": "4dvar", **_WINDOW}, {"window_model": {"checkpoint": WINDOW_MODEL}}),
+}
+"""``--methods`` name → (the ``assimilation`` section without B and iterations, extra config keys)."""
 DEFAULT_ARCH = {"name": "fengwu", "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 4, "window": [4, 8]}
 
 
@@ -123,6 +142,7 @@ def main() -> None:
     ap.add_argument("--arch", type=json.loads, default=DEFAULT_ARCH, help="architecture of the untrained model")
     ap.add_argument("--genbe", default=str(aivarda_home() / "b" / "genbe_learn_b_genbe.pt"),
                     help="GEN_BE statistics file, or 'none' for a diagonal B")
+    ap.add_argument("--methods", default="3dvar", help="comma-separated: 3dvar, 4dvar-mi, 4dvar-linear, 4dvar-full")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     genbe = None if args.genbe == "none" or not Path(args.genbe).is_file() else Path(args.genbe)
@@ -130,45 +150,56 @@ def main() -> None:
 
     store, world_name = world(args.store)
     shipped = DEFAULT_MODEL.is_file() and "tiny" not in world_name  # the shipped model is on the T42 grid
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        model = str(DEFAULT_MODEL) if shipped else str(untrained_checkpoint(store, args.arch, folder))
-        cfg, gap = experiment_config(
-            store, world_name, model, folder, cycles=args.cycles, members=args.members, device=args.device,
-            assimilation={"method": "3dvar", "background_error": b, "outer_loops": 4, "inner_iterations": 5},
-            # the tiny world is too short for statistics outside the scored span; only speed is measured
-            extra={"allow_in_sample": True} if "tiny" in world_name else None,
-        )
-        t0 = time.perf_counter()
-        CyclingRunner(cfg, progress=not args.json).run()
-        elapsed = time.perf_counter() - t0
-        with (folder / "run" / "metrics.csv").open() as fh:
-            rows = list(csv.DictReader(fh))
-    timed = rows[1:] or rows
-    mean = {s: float(np.mean([float(r[f"wall_{s}"]) for r in timed])) for s in STAGES}
-    setup = elapsed - sum(float(r["wall_total"]) for r in rows)
-    result = {
-        "world": world_name,
-        "model": "shipped fengwu_6h.pt" if shipped else f"untrained {args.arch}",
-        "device": args.device,
-        "background_error": str(genbe) if genbe else "diagonal",
-        "cycles": len(rows),
-        "members": args.members,
-        "gap": gap,
-        "seconds_per_cycle": mean,
-        "setup_seconds": setup,
-        "month_projection_hours": 124 * mean["total"] / 3600.0,
-    }
+    results = []
+    for method in args.methods.split(","):
+        if method not in METHODS:
+            raise SystemExit(f"--methods: unknown {method!r}; choose from {sorted(METHODS)}")
+        if method != "3dvar" and not shipped:
+            raise SystemExit(f"--methods {method}: needs the default nature run and the shipped 1-hour model")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            model = str(DEFAULT_MODEL) if shipped else str(untrained_checkpoint(store, args.arch, folder))
+            assimilation, window_model = METHODS[method]
+            cfg, gap = experiment_config(
+                store, world_name, model, folder, cycles=args.cycles, members=args.members, device=args.device,
+                assimilation={**assimilation, "background_error": b, "outer_loops": 4, "inner_iterations": 5},
+                # the tiny world is too short for statistics outside the scored span; only speed is measured
+                extra={"allow_in_sample": True} if "tiny" in world_name else window_model,
+            )
+            t0 = time.perf_counter()
+            CyclingRunner(cfg, progress=not args.json).run()
+            elapsed = time.perf_counter() - t0
+            with (folder / "run" / "metrics.csv").open() as fh:
+                rows = list(csv.DictReader(fh))
+        timed = rows[1:] or rows
+        mean = {s: float(np.mean([float(r[f"wall_{s}"]) for r in timed])) for s in STAGES}
+        setup = elapsed - sum(float(r["wall_total"]) for r in rows)
+        results.append({
+            "method": method,
+            "world": world_name,
+            "model": "shipped fengwu_6h.pt" if shipped else f"untrained {args.arch}",
+            "device": args.device,
+            "background_error": str(genbe) if genbe else "diagonal",
+            "cycles": len(rows),
+            "members": args.members,
+            "gap": gap,
+            "seconds_per_cycle": mean,
+            "analysis_nrmse": float(np.mean([float(r["ana_nrmse"]) for r in timed])),
+            "setup_seconds": setup,
+            "month_projection_hours": 124 * mean["total"] / 3600.0,
+        })
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return
-    print(f"{world_name}, model: {result['model']}, B: {result['background_error']}, device {args.device}, "
-          f"{args.members} members")
-    print(f"mean seconds per cycle over {len(timed)} cycles (after a warm-up cycle):")
-    for s in STAGES:
-        print(f"  {s:<13} {mean[s]:8.3f}")
-    print(f"set-up (statistics, models, initial members): {setup:.1f} s")
-    print(f"projected month (124 cycles): {result['month_projection_hours'] * 60:.1f} min")
+    first = results[0]
+    print(f"{world_name}, model: {first['model']}, B: {first['background_error']}, device {args.device}, "
+          f"{args.members} members; mean seconds per cycle over {first['cycles'] - 1} cycles (after a warm-up cycle)")
+    print(f"{'method':<14}" + "".join(f"{s:>14}" for s in STAGES) + f"{'vs first':>10}{'nrmse_a':>10}{'month min':>11}")
+    for r in results:
+        m = r["seconds_per_cycle"]
+        print(f"{r['method']:<14}" + "".join(f"{m[s]:14.3f}" for s in STAGES)
+              + f"{m['total'] / first['seconds_per_cycle']['total']:10.2f}{r['analysis_nrmse']:10.4f}"
+              + f"{r['month_projection_hours'] * 60:11.1f}")
 
 
 if __name__ == "__main__":

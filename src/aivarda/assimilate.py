@@ -15,7 +15,8 @@ The observing-system simulation experiment of a single cycle:
    space (O−B, O−A, for assimilated and withheld observations).
 
 Outputs in the output directory: ``metrics.json`` (everything the table shows), ``states.nc``
-(background, analysis, truth at the window start, ``[channel, latitude, longitude]``),
+(background, analysis, truth at the window start: the CF WeatherBench2 layout with a ``state``
+dimension, :func:`aivarda.data.cf.write_states`),
 ``observations.nc`` (IODA-like groups), ``minimizer.csv`` (J, J_b, J_o, ‖∇J‖ per iteration) and
 ``increment_<channel>.png``.
 """
@@ -141,25 +142,19 @@ def _check_output_dir(out: Path) -> None:
 
 def write_outputs(run: SingleAnalysis, cfg: AnalyseConfig, out: Path) -> None:
     """Write metrics, states, observations, minimiser log and an increment map into ``out``."""
-    import xarray as xr
-
+    from aivarda.data.cf import global_attrs, write_states
     from aivarda.evaluation.plots import plot_map, save_figure
+    from aivarda.evaluation.provenance import git_state
     from aivarda.observations.io import save_obs
 
     out.mkdir(parents=True, exist_ok=True)
     grid, layout = run.geometry.grid, run.geometry.layout
-    coords = {"channel": list(layout.names), "latitude": grid.lat, "longitude": grid.lon}
-    dims = ("channel", "latitude", "longitude")
-    ds = xr.Dataset(
-        {
-            "background": (dims, run.background.numpy()),
-            "analysis": (dims, run.result.x_a.detach().float().numpy()),
-            "truth": (dims, run.truth.numpy()),
-        },
-        coords=coords,
-        attrs={"analysis_time": run.metrics["analysis_time"], "method": run.metrics["method"]},
-    )
-    ds.to_netcdf(out / "states.nc", engine="h5netcdf")
+    title = f"aivarda single analysis {cfg.name}: background, analysis and truth ({run.metrics['method']})"
+    write_states(out / "states.nc", grid, layout,
+                 {"background": run.background, "analysis": run.result.x_a, "truth": run.truth},
+                 np.datetime64(run.metrics["analysis_time"], "ns"),
+                 {**global_attrs(title, commit=git_state()[0], history=f"aivarda assimilate (experiment {cfg.name})"),
+                  "analysis_time": run.metrics["analysis_time"], "method": run.metrics["method"]})
     save_obs(run.observations, out / "observations.nc", layout, analysis_time=run.metrics["analysis_time"])
     with open(out / "minimizer.csv", "w", newline="") as fh:
         rows = run.result.diagnostics

@@ -19,36 +19,39 @@ WB2_LEVELS: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 
 
 @dataclass(frozen=True)
 class Variable:
-    """A physical variable: short name (earth2studio), WeatherBench2/ERA5 name, units, long name."""
+    """A physical variable: short name (earth2studio), WeatherBench2/ERA5 name, units, long name and
+    CF standard name (the table every field writer uses, :mod:`aivarda.data.cf`)."""
 
     short: str
     wb2_name: str
     units: str
     long_name: str
+    standard_name: str
 
 
 SURFACE_VARIABLES: dict[str, Variable] = {
     v.short: v
     for v in (
-        Variable("u10m", "10m_u_component_of_wind", "m s**-1", "10 metre U wind component"),
-        Variable("v10m", "10m_v_component_of_wind", "m s**-1", "10 metre V wind component"),
-        Variable("t2m", "2m_temperature", "K", "2 metre temperature"),
-        Variable("msl", "mean_sea_level_pressure", "Pa", "Mean sea level pressure"),
-        Variable("sp", "surface_pressure", "Pa", "Surface pressure"),
-        Variable("tcwv", "total_column_water_vapour", "kg m**-2", "Total column water vapour"),
+        Variable("u10m", "10m_u_component_of_wind", "m s**-1", "10 metre U wind component", "eastward_wind"),
+        Variable("v10m", "10m_v_component_of_wind", "m s**-1", "10 metre V wind component", "northward_wind"),
+        Variable("t2m", "2m_temperature", "K", "2 metre temperature", "air_temperature"),
+        Variable("msl", "mean_sea_level_pressure", "Pa", "Mean sea level pressure", "air_pressure_at_mean_sea_level"),
+        Variable("sp", "surface_pressure", "Pa", "Surface pressure", "surface_air_pressure"),
+        Variable("tcwv", "total_column_water_vapour", "kg m**-2", "Total column water vapour",
+                 "atmosphere_mass_content_of_water_vapor"),
     )
 }
 
 UPPER_AIR_VARIABLES: dict[str, Variable] = {
     v.short: v
     for v in (
-        Variable("z", "geopotential", "m**2 s**-2", "Geopotential"),
-        Variable("q", "specific_humidity", "kg kg**-1", "Specific humidity"),
-        Variable("u", "u_component_of_wind", "m s**-1", "U component of wind"),
-        Variable("v", "v_component_of_wind", "m s**-1", "V component of wind"),
-        Variable("t", "temperature", "K", "Temperature"),
-        Variable("w", "vertical_velocity", "Pa s**-1", "Vertical velocity"),
-        Variable("r", "relative_humidity", "%", "Relative humidity"),
+        Variable("z", "geopotential", "m**2 s**-2", "Geopotential", "geopotential"),
+        Variable("q", "specific_humidity", "kg kg**-1", "Specific humidity", "specific_humidity"),
+        Variable("u", "u_component_of_wind", "m s**-1", "U component of wind", "eastward_wind"),
+        Variable("v", "v_component_of_wind", "m s**-1", "V component of wind", "northward_wind"),
+        Variable("t", "temperature", "K", "Temperature", "air_temperature"),
+        Variable("w", "vertical_velocity", "Pa s**-1", "Vertical velocity", "lagrangian_tendency_of_air_pressure"),
+        Variable("r", "relative_humidity", "%", "Relative humidity", "relative_humidity"),
     )
 }
 

@@ -53,9 +53,10 @@ SINGLE_ANALYSES: dict[str, tuple[str, str]] = {
 CYCLING_METHODS: dict[str, dict[str, object]] = {
     "none": {"method": "none"},
     "3dvar": {"method": "3dvar"},
-    "4dvar": {"method": "4dvar", "da_win": 3},
+    "4dvar": {"method": "4dvar", "da_win": 3, "inner_model": "linear_prior"},
 }
-"""Experiment name → the method part of its ``assimilation`` section (4DVar: a 3-hour window)."""
+"""Experiment name → the method part of its ``assimilation`` section (4DVar: a 3-hour window,
+multi-incremental: the full 1-hour model in the outer loops, its linear part in the inner loops)."""
 
 
 def quickstart_nature_run(tiny: bool = False) -> NatureRunConfig:

@@ -38,14 +38,15 @@ from pydantic import Field, SerializeAsAny, field_validator
 from torch import Tensor
 
 from aivarda.assimilation.cost import Observations, VariationalCost
+from aivarda.assimilation.incremental import multi_incremental
 from aivarda.assimilation.minimizer import AnalysisResult, Minimizer
 from aivarda.assimilation.window import BackgroundTrajectory, ModelPropagation, Propagation, Window
 from aivarda.background.registry import IdentityConfig, TransformConfig, parse_transform_config
 from aivarda.background.transforms import ControlTransform, EnsembleTransform
 from aivarda.config import PositiveDuration, StrictModel
-from aivarda.errors import ConfigError
+from aivarda.errors import AivardaError, ConfigError
 from aivarda.geometry import Geometry
-from aivarda.models.base import ForecastModel, trajectory
+from aivarda.models.base import ForecastModel, HasLinearPart, trajectory
 from aivarda.observations.operators import ObservationOperator
 from aivarda.registry import Registry
 from aivarda.timeaxis import steps_between, to_timedelta64
@@ -248,6 +249,12 @@ class FGATConfig(WindowConfig):
 class FourDVarConfig(WindowConfig):
     method: Literal["4dvar"] = "4dvar"
     checkpointing: bool = Field(default=True, description="gradient checkpointing per model step")
+    inner_model: Literal["window", "linear_prior"] = Field(
+        default="window",
+        description="model of the inner loops: 'window' (the window model in every iteration; outer loops "
+        "restart L-BFGS) or 'linear_prior' (multi-incremental: outer loops run the full window model, "
+        "inner loops its fitted linear part; aivarda.assimilation.incremental)",
+    )
 
 
 @METHODS.register("none", NoDAConfig)
@@ -296,3 +303,23 @@ class FourDVar(_WindowMethod):
         if problem.model is None:
             raise ConfigError("assimilation.method 4dvar: needs a window model")
         return ModelPropagation(problem.model, problem.window.steps, checkpoint=self.config.checkpointing)
+
+    def inner_model(self, model: ForecastModel) -> ForecastModel:
+        """The inner-loop model of a multi-incremental 4DVar (``inner_model: linear_prior``)."""
+        if not isinstance(model, HasLinearPart):
+            raise ConfigError("assimilation.inner_model: linear_prior needs a window model with a fitted linear prior")
+        try:
+            return model.linear_part()
+        except AivardaError as exc:
+            raise ConfigError(f"assimilation.inner_model: linear_prior: {exc}") from None
+
+    def analyse(self, problem: AnalysisProblem) -> AnalysisResult:
+        if self.config.inner_model == "window":
+            return super().analyse(problem)
+        if problem.model is None:
+            raise ConfigError("assimilation.method 4dvar: needs a window model")
+        return multi_incremental(
+            problem.background, problem.background_window, problem.transform, problem.operator, problem.observations,
+            problem.model, self.inner_model(problem.model), problem.window.steps, self.config.minimizer(problem.progress),
+            bg_lamb=self.config.bg_lamb, flow_error=self.flow_error, checkpoint=self.config.checkpointing,
+        )

@@ -69,13 +69,19 @@ class OutputsConfig(StrictModel):
     analyses_zarr: bool = Field(default=True, description="every analysis into analyses.zarr (WB2 layout)")
     backgrounds_zarr: bool = Field(default=False, description="every background into backgrounds.zarr")
     observations: bool = Field(default=False, description="each cycle's ObsSet into observations/cycle_NNNNN.nc")
+    forecast_fields: bool = Field(
+        default=False,
+        description="every scored forecast (forecast.every) as fields into forecasts.zarr, in the WeatherBench2 "
+                    "forecast layout (time = initialisation time, prediction_timedelta = 0 … forecast.lead)",
+    )
 
 
 class CyclingConfig(DAExperimentConfig):
     """A cycling experiment: :class:`~aivarda.components.DAExperimentConfig` plus the time-lagged
     ensemble, the cycling model, the forecasts and the outputs."""
 
-    dynamic_member: int = Field(default=8, ge=1, description="time-lagged members (forecast leads 1…N cycles)")
+    dynamic_member: int = Field(default=8, ge=1, description="time-lagged members (forecast leads 1…N cycles), kept when the "
+                                "method or its B uses an ensemble; otherwise only the background (lead 1) is forecast")
     gap: int = Field(default=8, ge=1, description="first background: forecast of the truth `gap` cycles earlier")
     observations: ObservationConfig = Field(default_factory=seed_observations)
     model: ModelConfig | None = Field(default=None, description="the cycling model (dt = cycle_time); null: shipped")
@@ -93,6 +99,8 @@ class CyclingConfig(DAExperimentConfig):
             raise ValueError("cycle_time must be positive")
         if (self.end_time - self.start_time) % self.cycle_time:
             raise ValueError("end_time - start_time must be a whole number of cycle_time")
+        if self.outputs.forecast_fields and self.forecast.every == 0:
+            raise ValueError("outputs.forecast_fields: no forecasts are made; set forecast.every ≥ 1 (and forecast.lead)")
         return self
 
     def torch_device(self) -> str:

@@ -1,5 +1,7 @@
 """What a cycling run writes: metrics tables (CSV and netCDF), forecast scores, the last cycle's
-states and, optionally, every analysis/background in the WeatherBench2 Zarr layout.
+states and, optionally, every analysis/background in the WeatherBench2 Zarr layout and every
+scored forecast in the WeatherBench2 forecast layout. Every field file carries the CF metadata of
+:mod:`aivarda.data.cf` (see ``docs/outputs.md``).
 
 The metrics row of a cycle is *wide* (one row per cycle):
 
@@ -19,6 +21,7 @@ The metrics row of a cycle is *wide* (one row per cycle):
 ``metrics.nc`` holds the same numbers: per-channel scores (and baselines) as ``[cycle, channel]`` arrays, the rest
 as ``[cycle]`` (the CSV is rewritten after every cycle, the netCDF files at the end of a run). Forecast scores (forecast mode) go to ``forecast_scores.csv`` (one row per
 forecast and lead, ``rmse_<ch>`` columns) and ``forecasts.nc`` (``rmse [init, lead, channel]``).
+Both netCDF files carry the CF global attributes and ``axis: T`` on their time coordinates.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ import numpy as np
 import torch
 
 from aivarda.channels import ChannelLayout
+from aivarda.data.cf import COORDINATE_ATTRS, global_attrs, write_states
 from aivarda.files import atomic_write, atomic_write_text
 from aivarda.grid import Grid
+
+__all__ = ["StateSeries", "forecast_rows", "metrics_row", "write_metrics", "write_states"]
 
 PER_CHANNEL = ("bg_wrmse", "ana_wrmse", "bg_bias", "ana_bias")
 BASELINE_PER_CHANNEL = ("clim_wrmse", "pers_wrmse", "sigma_clim")
@@ -100,9 +106,11 @@ def forecast_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_metrics(out: Path, records: list[dict[str, Any]], layout: ChannelLayout, netcdf: bool = True) -> None:
+def write_metrics(out: Path, records: list[dict[str, Any]], layout: ChannelLayout, netcdf: bool = True,
+                  attrs: dict[str, Any] | None = None) -> None:
     """``metrics.csv`` and, if any forecast was scored, ``forecast_scores.csv``; with ``netcdf`` also
-    ``metrics.nc`` and ``forecasts.nc`` (the runner writes those at the end of a run)."""
+    ``metrics.nc`` and ``forecasts.nc`` (the runner writes those at the end of a run), whose global
+    attributes are ``attrs`` (default: :func:`aivarda.data.cf.global_attrs`)."""
     import xarray as xr
 
     rows = [r["row"] for r in records]
@@ -125,11 +133,12 @@ def write_metrics(out: Path, records: list[dict[str, Any]], layout: ChannelLayou
         if col in per_channel_cols or col in ("cycle", "time", "method"):
             continue
         data[col] = (("cycle",), np.array([float(r.get(col, math.nan)) for r in rows], dtype=np.float64))
+    attrs = attrs if attrs is not None else global_attrs("aivarda cycling scores")
     ds = xr.Dataset(
         data,
         coords={"cycle": [r["cycle"] for r in rows], "channel": names,
-                "time": ("cycle", np.array([r["time"] for r in rows], dtype="datetime64[ns]"))},
-        attrs={"method": rows[0]["method"]},
+                "time": ("cycle", np.array([r["time"] for r in rows], dtype="datetime64[ns]"), COORDINATE_ATTRS["time"])},
+        attrs={**attrs, "method": rows[0]["method"]},
     )
     atomic_write(out / "metrics.nc", lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     if frows:
@@ -142,50 +151,36 @@ def write_metrics(out: Path, records: list[dict[str, Any]], layout: ChannelLayou
         fds = xr.Dataset(
             {"rmse": (("init", "lead_hours", "channel"), rmse)},
             coords={"init": [r["row"]["cycle"] for r in fcs], "lead_hours": leads, "channel": names,
-                    "init_time": ("init", np.array([r["row"]["time"] for r in fcs], dtype="datetime64[ns]"))},
+                    "init_time": ("init", np.array([r["row"]["time"] for r in fcs], dtype="datetime64[ns]"),
+                                  {**COORDINATE_ATTRS["time"], "long_name": "forecast initialisation time"})},
+            attrs={**attrs, "method": rows[0]["method"]},
         )
         atomic_write(out / "forecasts.nc", lambda tmp: fds.to_netcdf(tmp, engine="h5netcdf"))
 
 
-def write_states(path: Path, grid: Grid, layout: ChannelLayout, states: dict[str, torch.Tensor], attrs: dict[str, Any]) -> None:
-    """A netCDF of named ``[C, H, W]`` states (e.g. background, analysis, truth of the last cycle)."""
-    import xarray as xr
-
-    dims = ("channel", "latitude", "longitude")
-    ds = xr.Dataset(
-        {name: (dims, x.detach().to("cpu", torch.float32).numpy()) for name, x in states.items()},
-        coords={"channel": list(layout.names), "latitude": grid.lat, "longitude": grid.lon},
-        attrs=attrs,
-    )
-    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
-
-
 class StateSeries:
-    """States at the cycle times in a WB2-layout Zarr store, created on the first use and reopened
-    on resume (writing a time index again overwrites it)."""
+    """States at the cycle times in a WB2-layout Zarr store (:class:`~aivarda.data.zarr_writer.ZarrStateWriter`),
+    created on the first use and reopened on resume (writing a time index again overwrites it).
+    With ``leads`` it is a WB2 forecast store: ``times`` are the initialisation times and
+    :meth:`write` takes the lead index."""
 
-    def __init__(self, path: Path, grid: Grid, layout: ChannelLayout, times: np.ndarray, attrs: dict[str, Any]) -> None:
+    def __init__(self, path: Path, grid: Grid, layout: ChannelLayout, times: np.ndarray, attrs: dict[str, Any],
+                 leads: np.ndarray | None = None) -> None:
+        from aivarda.data.zarr_writer import ZarrStateWriter, open_state_arrays
+
         self.path, self.grid, self.layout, self.times = Path(path), grid, layout, np.asarray(times, "datetime64[ns]")
         if not self.path.exists():  # created beside, then renamed: never half-made
             import shutil
 
-            from aivarda.data.zarr_writer import ZarrStateWriter
-
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            with ZarrStateWriter(tmp, grid, layout, self.times, attrs):
+            with ZarrStateWriter(tmp, grid, layout, self.times, attrs, leads=leads):
                 pass
             tmp.rename(self.path)
+        self._arrays = open_state_arrays(self.path, layout)
 
-    def write(self, index: int, state: torch.Tensor) -> None:
-        """Write ``state`` ``[C, H, W]`` at time index ``index``."""
-        import zarr
+    def write(self, index: int, state: torch.Tensor, lead: int | None = None) -> None:
+        """Write ``state`` ``[C, H, W]`` at time index ``index`` (and lead index ``lead``)."""
+        from aivarda.data.zarr_writer import write_state
 
-        from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES
-
-        root = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
-        x = state.detach().to("cpu", torch.float32).numpy()
-        for short in self.layout.surface:
-            root[SURFACE_VARIABLES[short].wb2_name][index] = x[self.layout.variable_slice(short)][0]
-        for short in self.layout.upper_air:
-            root[UPPER_AIR_VARIABLES[short].wb2_name][index] = x[self.layout.variable_slice(short)]
+        write_state(self._arrays, self.layout, self.grid, index, state.detach().to("cpu", torch.float32).numpy(), lead)

@@ -16,10 +16,13 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
 4. ``x_a = x_b + U z*`` by the method (:func:`aivarda.assimilation.analysis.analyse_window`);
 5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
    minimiser's diagnostics and the wall time of each stage;
-6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store (``"own"``: the
+6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store (1 cycle, the next
+   background, when neither the method nor its B uses the ensemble; ``"own"``: the
    analysis members forecast one cycle), and every
    ``forecast.every`` cycles a ``forecast.lead`` forecast scored against the truth;
-7. outputs, then the commit (:mod:`aivarda.cycling.state`).
+7. outputs, then the commit (:mod:`aivarda.cycling.state`): with ``outputs.forecast_fields`` the
+   scored forecasts' fields (lead 0 = the analysis) go to ``forecasts.zarr`` as they are made, in the
+   WeatherBench2 forecast layout; every field file carries CF metadata (:mod:`aivarda.data.cf`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from aivarda.cycling.outputs import (
     write_states,
 )
 from aivarda.cycling.state import RunDirectory
+from aivarda.data.cf import global_attrs
 from aivarda.errors import DataError
 from aivarda.evaluation.diagnostics import minimizer_summary, observation_space, state_scores
 from aivarda.evaluation.metrics import baseline_scores
@@ -94,6 +98,9 @@ class CyclingRunner:
         self.steps_per_cycle = steps_between(cfg.cycle_time, self.model.dt, "cycle_time")
         self.window = self.method.window(self.times[0], parts.window_model)
         self.needs_members = parts.b_needs_ensemble or self.method.needs.ensemble
+        own = self.method.needs.ensemble_source == "own"
+        # members kept per cycle: the ensemble when the method or its B uses one, else the background alone
+        self.members = cfg.dynamic_member if self.needs_members or own else 1
         self.stats = parts.stats
         self.forecast_cycles = int(cfg.forecast.lead / cfg.cycle_time) if cfg.forecast.every else 0
         self._check_truth()
@@ -110,7 +117,7 @@ class CyclingRunner:
         return TimeSpan(self.times[0], last)
 
     def _initial_truth_times(self) -> np.ndarray:
-        return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.cfg.dynamic_member)
+        return initial_truth_times(self.times[0], self.cycle_step, self.cfg.gap, self.members)
 
     def _check_truth(self) -> None:
         needed = np.concatenate([self._initial_truth_times(), (self.times[:, None] + self.window.offsets[None, :]).ravel(),
@@ -119,7 +126,7 @@ class CyclingRunner:
         if missing.size:
             raise DataError(
                 f"{getattr(self.source, 'path', 'data')}: {missing.size} truth times the run needs are missing, "
-                f"first {np.datetime_as_string(missing.min(), 'm')} (the initial members need gap + dynamic_member − 1 = {self.cfg.gap + self.cfg.dynamic_member - 1} "
+                f"first {np.datetime_as_string(missing.min(), 'm')} (the initial members need gap + members − 1 = {self.cfg.gap + self.members - 1} "
                 f"cycles before start_time; the method's windows need their {self.window.n_times} times)"
             )
 
@@ -135,16 +142,15 @@ class CyclingRunner:
         self._setup()  # validates models and data before anything is written
         state, records = run_dir.open(dump, n_cycles, resume)
         metadata = self.out / "metadata.json"
+        code = code_provenance()
         if not metadata.is_file():  # the code, host, store and leakage record of the run's first start
-            atomic_write_json(metadata, {**code_provenance(), "store_fingerprint": self.provenance["store_fingerprint"],
+            atomic_write_json(metadata, {**code, "store_fingerprint": self.provenance["store_fingerprint"],
                                          "store_content": self.provenance["store_content"], "leakage": self.provenance})
-        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, cfg.dynamic_member, n_cycles, layout=self.layout)
-        attrs = {"source": "aivarda cycling", "experiment": cfg.name, "method": self.method.name,
-                 "aivarda_grid": self.grid.to_dict()}
-        self.analyses = StateSeries(self.out / "analyses.zarr", self.grid, self.layout, self.times, attrs) \
-            if cfg.outputs.analyses_zarr else None
-        self.backgrounds = StateSeries(self.out / "backgrounds.zarr", self.grid, self.layout, self.times, attrs) \
-            if cfg.outputs.backgrounds_zarr else None
+        self.ensemble = LaggedEnsemble(run_dir.ensemble_dir, self.members, n_cycles, layout=self.layout)
+        self.commit = code["git_commit"]
+        self.series = self._series()
+        self.analyses, self.backgrounds = self.series.get("analyses"), self.series.get("backgrounds")
+        self.forecast_fields = self.series.get("forecasts")
         if not state.initialised:
             truth = self.source.states(self._initial_truth_times()).to(self.device)
             self.ensemble.initialise(self.model, truth, cfg.gap, self.steps_per_cycle)
@@ -171,8 +177,29 @@ class CyclingRunner:
         finally:
             if bar is not None:
                 bar.close()
-        write_metrics(self.out, records, self.layout)
+        write_metrics(self.out, records, self.layout, attrs=self._attrs("scores"))
         return records
+
+    def _attrs(self, what: str) -> dict[str, Any]:
+        """Global attributes of an output file: CF (:func:`aivarda.data.cf.global_attrs`) and the run's names."""
+        title = f"aivarda cycling experiment {self.cfg.name}: {what} ({self.method.name})"
+        return {**global_attrs(title, commit=self.commit, history=f"aivarda run (experiment {self.cfg.name})"),
+                "experiment": self.cfg.name, "method": self.method.name}
+
+    def _series(self) -> dict[str, StateSeries]:
+        """The Zarr stores the outputs config asks for (created on the first start, reopened on resume)."""
+        cfg, out = self.cfg, self.out
+        series: dict[str, StateSeries] = {}
+        for name, wanted in (("analyses", cfg.outputs.analyses_zarr), ("backgrounds", cfg.outputs.backgrounds_zarr)):
+            if wanted:
+                series[name] = StateSeries(out / f"{name}.zarr", self.grid, self.layout, self.times,
+                                           {**self._attrs(name), "aivarda_grid": self.grid.to_dict()})
+        if cfg.outputs.forecast_fields:  # WB2 forecast layout: time = initialisation, leads 0 … forecast.lead
+            leads = (np.arange(self.forecast_cycles + 1) * self.cycle_step).astype("timedelta64[ns]")
+            series["forecasts"] = StateSeries(out / "forecasts.zarr", self.grid, self.layout,
+                                              self.times[::cfg.forecast.every],
+                                              {**self._attrs("forecasts"), "aivarda_grid": self.grid.to_dict()}, leads=leads)
+        return series
 
     def cycle(self, n: int) -> dict[str, Any]:
         """Run cycle ``n`` (everything but the commit); returns its record."""
@@ -219,8 +246,9 @@ class CyclingRunner:
         wall["observations"] += wallclock.perf_counter() - tic
 
         forecast_now = cfg.forecast.every > 0 and n % cfg.forecast.every == 0
+        fields_index = n // cfg.forecast.every if forecast_now and self.forecast_fields is not None else None
         members, forecast = self._forecasts(x_a, t, self.forecast_cycles if forecast_now else 0, wall,
-                                            keep=0 if own else None)
+                                            keep=0 if own else None, fields_index=fields_index)
         if own:  # the method's analysis members, forecast one cycle: the next cycle's members
             if wa.result.members is None:
                 raise RuntimeError(f"method {self.method.name}: ensemble_source 'own' but its analysis has no members")
@@ -249,9 +277,8 @@ class CyclingRunner:
                                               window_offsets=window.offsets))
         time_text = str(np.datetime64(t, "s"))
         write_states(self.out / "last_cycle.nc", grid, layout,
-                     {"background": x_b, "analysis": x_a, "truth": truth_window[0]},
-                     {"cycle": n, "time": time_text, "method": self.method.name, "experiment": cfg.name,
-                      "aivarda_grid": json.dumps(grid.to_dict())})
+                     {"background": x_b, "analysis": x_a, "truth": truth_window[0]}, t,
+                     {**self._attrs(f"background, analysis and truth of cycle {n}"), "cycle": n, "time": time_text})
         wall["io"] += wallclock.perf_counter() - tic
         self.hook(n, "outputs")
 
@@ -261,17 +288,22 @@ class CyclingRunner:
         return {"row": row, "forecast": forecast}
 
     def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float],
-                   keep: int | None = None) -> tuple[Tensor | None, dict[str, Any] | None]:
-        """Forecast ``x_a`` cycle by cycle: the first ``keep`` (default ``dynamic_member``) states
+                   keep: int | None = None, fields_index: int | None = None) -> tuple[Tensor | None, dict[str, Any] | None]:
+        """Forecast ``x_a`` cycle by cycle: the first ``keep`` (default: the members kept) states
         are kept (the new members, ``[K, C, H, W]``; ``None`` when ``keep = 0``); the first
         ``n_scored`` are scored against the truth as they come (RMSE per channel, leads whose truth
-        is in the source), so a long forecast holds one state."""
+        is in the source), so a long forecast holds one state. With ``fields_index`` the scored
+        forecast's states (lead 0: ``x_a``) are written at that initialisation index of ``forecasts.zarr``."""
         from aivarda.evaluation.metrics import rmse
 
-        K = self.cfg.dynamic_member if keep is None else keep
+        K = self.members if keep is None else keep
         members: list[Tensor] = []
         leads: list[float] = []
         scores: list[Tensor] = []
+        if fields_index is not None and self.forecast_fields is not None:
+            tic = wallclock.perf_counter()
+            self.forecast_fields.write(fields_index, x_a, 0)
+            wall["io"] += wallclock.perf_counter() - tic
         steps = iterate_trajectory(self.model, x_a, [self.steps_per_cycle] * max(K, n_scored))
         for k in range(1, max(K, n_scored) + 1):
             tic = wallclock.perf_counter()
@@ -282,6 +314,10 @@ class CyclingRunner:
             if k <= K:
                 members.append(x)
             valid = (t + k * self.cycle_step).astype("datetime64[ns]")
+            if fields_index is not None and self.forecast_fields is not None and k <= n_scored:
+                tic = wallclock.perf_counter()
+                self.forecast_fields.write(fields_index, x, k)
+                wall["io"] += wallclock.perf_counter() - tic
             if k <= n_scored and valid in self.source.times:
                 tic = wallclock.perf_counter()
                 scores.append(rmse(x, self.source.state(valid).to(self.device), self.grid))

@@ -487,11 +487,15 @@ def _check_finite(state: Any, where: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- generation
 def store_attrs(cfg: NatureRunConfig) -> dict[str, Any]:
-    """Global attributes of a nature-run store (the WB2 contract of the team brief)."""
+    """Global attributes of a nature-run store (the WB2 contract of the team brief; CF globals of
+    :func:`aivarda.data.cf.global_attrs`)."""
     import dinosaur
 
+    from aivarda.data.cf import global_attrs, source_text
+
     return {
-        "source": f"aivarda Held–Suarez nature run (dinosaur {getattr(dinosaur, '__version__', '?')}, "
+        **global_attrs(f"Held–Suarez nature run {cfg.resolution} L{cfg.sigma_levels}", history="aivarda nature-run"),
+        "source": f"{source_text()}: Held–Suarez nature run (dinosaur {getattr(dinosaur, '__version__', '?')}, "
                   f"{cfg.resolution} L{cfg.sigma_levels}, passive moisture tracer)",
         "seed": cfg.seed,
         "aivarda_grid": cfg.grid().to_dict(),

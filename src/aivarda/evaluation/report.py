@@ -482,9 +482,15 @@ def plot_report(runs: list[RunData], out: Path) -> list[Path]:
         if not last.is_file():
             continue
         with xr.open_dataset(last, engine="h5netcdf") as ds:
-            if "z500" not in ds["channel"].values:
-                continue
-            inc = (ds["analysis"] - ds["background"]).sel(channel="z500").values
+            if "channel" in ds.dims:  # written before the CF layout (aivarda.data.cf)
+                if "z500" not in ds["channel"].values:
+                    continue
+                inc = (ds["analysis"] - ds["background"]).sel(channel="z500").values
+            else:
+                if "geopotential" not in ds or 500 not in ds["level"].values:
+                    continue
+                z500 = ds["geopotential"].sel(level=500).isel(time=0)
+                inc = (z500.sel(state="analysis") - z500.sel(state="background")).values
             grid = Grid.from_dict(json.loads(ds.attrs["aivarda_grid"]))
             when = ds.attrs.get("time", "")
         vmax = float(np.abs(inc).max()) or 1.0

@@ -38,6 +38,17 @@ class ForecastModel(Protocol):
         ...
 
 
+@runtime_checkable
+class HasLinearPart(Protocol):
+    """A forecast model that carries a cheap, linear(-affine) approximation of itself, e.g. the
+    fitted linear prior under a neural network (the inner-loop model of a multi-incremental
+    4DVar, :mod:`aivarda.assimilation.incremental`)."""
+
+    def linear_part(self) -> ForecastModel:
+        """The approximation as a model of its own (sharing weights; the original is unchanged)."""
+        ...
+
+
 def iterate_trajectory(
     model: ForecastModel, x0: Tensor, steps: Sequence[int], *, checkpoint: bool = False
 ) -> Iterator[Tensor]:

@@ -18,6 +18,8 @@ activation.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,6 +146,15 @@ class NeuralForecastModel(nn.Module):
             raise DataError("linear_prior_only: this model has no linear prior")
         self.network_enabled = False
         return self
+
+    def linear_part(self) -> NeuralForecastModel:
+        """A view of this model with the network's correction off: the fitted linear prior alone
+        (shares the weights and statistics; ``self`` is unchanged). See :meth:`linear_prior_only`."""
+        if self.prior is None:
+            raise DataError("linear_part: this model has no linear prior")
+        view = copy.copy(self)
+        view.network_enabled = False
+        return view
 
     def step(self, x: Tensor) -> Tensor:
         """One step of ``dt`` hours: ``[..., C, H, W] → [..., C, H, W]``."""
