@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -213,3 +214,83 @@ def test_a_different_grid_in_the_same_directory_is_refused(store: Path, tmp_path
     with pytest.raises(Exception, match=r"not empty and has no sweep.json"):
         Sweep(config, ["assimilation.inner_iterations=4"], out=tmp_path / "other", quiet=True).run()
     assert (tmp_path / "other" / "x.txt").read_text() == "mine"
+
+
+def test_local_worker_slots_get_their_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--gpus 0,1`` with two workers: runs that overlap in time never share a GPU."""
+    import threading
+
+    import aivarda.sweep as sweep
+
+    seen: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def fake(task: dict[str, Any]) -> dict[str, Any]:
+        tic = time.monotonic()
+        time.sleep(0.05)
+        with lock:
+            seen.append((task["gpu"], tic, time.monotonic()))
+        return {"name": task["name"], "returncode": 0}
+
+    monkeypatch.setattr(sweep, "execute_run", fake)
+    done: list[str] = []
+    sweep.run_local([{"name": f"r{i}"} for i in range(6)], lambda t, o: done.append(t["name"]), workers=2, gpus=["0", "1"])
+    assert sorted(done) == [f"r{i}" for i in range(6)] and {g for g, _, _ in seen} == {"0", "1"}
+    for (g1, a1, b1), (g2, a2, b2) in itertools.combinations(seen, 2):
+        if a1 < b2 and a2 < b1:  # ran at the same time
+            assert g1 != g2
+
+
+@pytest.mark.slow
+def test_submitit_jobs_and_a_failing_run(store: Path, tmp_path: Path) -> None:
+    """The SLURM path through submitit's local cluster: a run that fails (its truth is not in the
+    store) is recorded as failed with its error line while the other finishes; the report covers
+    the finished one."""
+    pytest.importorskip("submitit")
+    config = write_config(tmp_path / "base.yaml", store)
+    sweep = Sweep(config, ["end_time=2000-01-02T06:00,2000-01-09T00:00"], out=tmp_path / "sw", executor="slurm",
+                  threads_per_run=1, slurm={"timeout_min": 10}, slurm_cluster="local", quiet=True)
+    manifest = sweep.run()
+    status = {e["overrides"]["end_time"]: e for e in manifest["runs"]}
+    assert status["2000-01-02T06:00"]["status"] == "finished"
+    failed = status["2000-01-09T00:00"]
+    assert failed["status"] == "failed" and "truth times the run needs are missing" in failed["error"]
+    report = json.loads((sweep.dir / "report" / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == [status["2000-01-02T06:00"]["name"]]
+
+
+def test_a_held_run_is_waited_for_and_left_alone_when_it_finished(tmp_path: Path) -> None:
+    """A run directory still held (a process of an earlier sweep) is waited for; once released and
+    finished, the run is not started again."""
+    import threading
+
+    from aivarda.files import write_checked_json
+    from aivarda.sweep import execute_run
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    fd = os.open(run / "run.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def finish() -> None:
+        time.sleep(1.5)
+        write_checked_json(run / "state.json", {"version": 2, "next_cycle": 2, "n_cycles": 2, "initialised": True})
+        (run / "metrics.nc").write_bytes(b"")
+        os.close(fd)  # releases the lock
+
+    threading.Thread(target=finish).start()
+    tic = time.monotonic()
+    outcome = execute_run({"name": "r", "config": str(tmp_path / "missing.yaml"), "run_dir": str(run),
+                           "log": str(tmp_path / "r.log"), "threads": 1})
+    assert time.monotonic() - tic >= 1.4
+    assert outcome["returncode"] == 0 and outcome["wall_seconds"] == 0.0
+    assert not (tmp_path / "r.log").exists() or "aivarda.cli run" not in (tmp_path / "r.log").read_text()
+
+
+def test_a_second_driver_of_the_same_sweep_is_refused(store: Path, tmp_path: Path) -> None:
+    from aivarda.errors import DataError
+
+    config = write_config(tmp_path / "base.yaml", store)
+    first = Sweep(config, ["assimilation.inner_iterations=4"], out=tmp_path / "sw", quiet=True)
+    with first._lock(), pytest.raises(DataError, match=rf"^{tmp_path / 'sw'}: the sweep is being run by process {os.getpid()}"):
+        Sweep(config, ["assimilation.inner_iterations=4"], out=tmp_path / "sw", quiet=True).run()

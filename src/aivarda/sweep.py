@@ -42,7 +42,7 @@ cycle (:mod:`aivarda.cycling.state`). A changed grid or base config is refused (
 another ``--out``). A run process dies with the process that started it (``PR_SET_PDEATHSIG`` on
 Linux; Dask's worker processes exit with their ``LocalCluster``), so a killed sweep leaves no run
 behind holding a run directory; a run whose directory is still held (e.g. by a remote worker of a
-killed sweep) is waited for before it is resumed.
+killed sweep) is waited for, then resumed (or left alone when it finished meanwhile).
 """
 
 from __future__ import annotations
@@ -318,6 +318,10 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     while _lock_holder(run_dir) and waited < float(task.get("lock_wait_s", 3600)):
         time.sleep(1.0)  # a process of an earlier, killed sweep still runs it (e.g. a remote worker)
         waited = time.time() - started
+    if run_finished(run_dir):  # e.g. finished by a process of an earlier sweep while this one waited
+        return {"name": task["name"], "returncode": 0, "host": socket.gethostname(), "started": _iso(started),
+                "finished": _now(), "wall_seconds": 0.0, "threads": task["threads"], "gpu": task.get("gpu"),
+                "error": None}
     env = {**os.environ, "OMP_NUM_THREADS": str(task["threads"]), "MKL_NUM_THREADS": str(task["threads"])}
     if task.get("gpu") is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(task["gpu"])
