@@ -140,6 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=_handler("aivarda.evaluation.report:main"))
 
+    p = sub.add_parser("sweep", help="a grid of cycling runs (--set KEY=V1,V2 × --seeds N) on local processes, "
+                                     "Dask, Ray or SLURM; resumable, with one report")
+    p.add_argument("config", type=Path, help="YAML with CyclingConfig fields: the base of every run")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=V1,V2",
+                   help="dotted config key and its values, e.g. observations.fraction=0.05,0.1; repeatable (grid)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="observation seeds seed … seed+N−1 (default 1)")
+    p.add_argument("--out", type=Path, default=None, help="sweep directory (default: the config's output_dir + _sweep)")
+    p.add_argument("--executor", choices=("local", "dask", "ray", "slurm"), default="local",
+                   help="local processes (default), Dask distributed, Ray, or SLURM jobs through submitit")
+    p.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="runs at a time (local; the LocalCluster's workers for dask without --scheduler)")
+    p.add_argument("--threads-per-run", type=int, default=None, metavar="T",
+                   help="OMP_NUM_THREADS of each run (default: this machine's CPUs // workers)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler or Ray cluster address")
+    p.add_argument("--gpus", default=None, metavar="LIST", help="local: GPU ids given round-robin to the worker slots, e.g. 0,1,2,3")
+    p.add_argument("--slurm", action="append", default=None, metavar="KEY=VALUE",
+                   help="submitit AutoExecutor parameter, e.g. slurm_partition=gpu, timeout_min=120; repeatable")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs; write nothing")
+    _add_json(p)
+    p.set_defaults(func=_handler("aivarda.sweep:main"))
+
     # --- forecast models ---------------------------------------------------------------------
     p = sub.add_parser(
         "train-model",
