@@ -254,3 +254,19 @@ def test_unknown_target_module_and_trajectories_are_one_line_errors(tmp_path: Pa
     with pytest.raises(DataError, match="4dvar") as err:
         b.update(members(1)[:, None].expand(-1, 2, -1, -1, -1))  # [K, T, C, H, W] of 4denvar
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name,method", [("exp_LoRA-3DEnVar", "3denvar"), ("exp_LoRA-4DEnVar", "4dvar")])
+def test_shipped_lora_configs_validate(name: str, method: str) -> None:
+    from aivarda.config import load_config
+    from aivarda.cycling.config import CyclingConfig
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", CyclingConfig)
+    assert cfg.name == name and len(cfg.cycle_times()) == 124 and cfg.observations.fraction == 0.05
+    assert cfg.dynamic_member == 8 and cfg.gap == 8 and cfg.assimilation.method == method
+    b = cfg.assimilation.background_error
+    assert isinstance(b, VaeConfig) and b.needs_ensemble and b.finetune == FinetuneConfig(mode="lora", lr=1e-2)
+    built = build_method(cfg.assimilation)
+    assert built.needs.window_model == (method == "4dvar")
+    if method == "4dvar":
+        assert cfg.window_model is not None and cfg.assimilation.da_win == 6

@@ -18,8 +18,9 @@ Scores follow WeatherBench2's conventions:
 
 The table shows per run the background/analysis RMSE of z500, t850, u500, q500, t2m and all/σ, the
 number of cycles and the wall time, the baseline rows, the mean seconds per cycle of each stage
-(forecast, observations, update of B, minimisation, I/O, total; with the mean number of trainable
-parameters of a fine-tuned B, ``b_trainable_params``), the z500 forecast RMSE by lead, and a
+(forecast, observations, update of B from the ensemble when a run has one, minimisation, I/O,
+total; with the mean number of trainable parameters of a fine-tuned B, ``b_trainable_params``), the
+z500 forecast RMSE by lead, and a
 provenance footer (aivarda version, git commit, host, and per run the config hash and store
 fingerprint, :mod:`aivarda.evaluation.provenance`). ``--compare A:B`` (repeatable; ``A``/``B`` a run
 name, directory or 1-based position) adds the paired difference ``A − B`` of those scores over the
@@ -272,11 +273,13 @@ def format_table(runs: list[RunData], summaries: list[dict[str, Any]] | None = N
             label = name if len(shown) == 1 else f"{name} ({s['name']})"
             lines.append(f"{label:<{width}} {'-':>7} {s['cycles']:>6} {'-':>8} " + " ".join([*cells, pair(same)]))
     lines.append("")
+    # the update of B and its trainable parameters only when some run updates its B (EnVar, LoRA-EnVar)
+    stages = [st for st in STAGES if st != "b_update" or any(s["seconds_per_cycle"].get(st) for s in summaries)]
     params = any(s.get("b_trainable_params") is not None for s in summaries)
-    lines.append(f"{'seconds per cycle':<{width}} " + " ".join(f"{st:>12}" for st in STAGES)
+    lines.append(f"{'seconds per cycle':<{width}} " + " ".join(f"{st:>12}" for st in stages)
                  + (f" {'B params':>12}" if params else ""))
     for s in summaries:
-        cells = ["-" if s["seconds_per_cycle"][st] is None else f"{s['seconds_per_cycle'][st]:.3f}" for st in STAGES]
+        cells = ["-" if s["seconds_per_cycle"].get(st) is None else f"{s['seconds_per_cycle'][st]:.3f}" for st in stages]
         if params:
             n = s.get("b_trainable_params")
             cells.append("-" if n is None else f"{n:.0f}")
