@@ -6,9 +6,11 @@ uninterrupted one; ``aivarda report`` shows the numbers."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import yaml
 from test_plugins import identity_model
 
 import aivarda.assimilation.envar  # noqa: F401  (registers 3denvar)
+import aivarda.files
 from aivarda.background.vae import VaeArchitecture, VaeCheckpoint, VaeNet
 from aivarda.config import DataConfig, load_config
 from aivarda.cycling.config import CyclingConfig
@@ -53,6 +56,10 @@ def config(tmp_path: Path, tiny: Path, vae: Path, name: str, section: dict[str, 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+class Killed(BaseException):
+    """The in-process stand-in of SIGKILL (nothing in aivarda catches a BaseException)."""
 
 
 def rows_of(run: Path) -> list[dict[str, str]]:
@@ -107,6 +114,22 @@ def test_lora_3denvar_resumed_mid_run_equals_uninterrupted(tiny_nature_run: Path
     (damaged / "b_state" / "cycle_00001.pt").write_bytes(b"damaged")
     CyclingRunner(cfg, damaged, progress=False).run(resume=True)
     assert rows_of(damaged) == rows
+
+    # killed right after cycle 1's B state is on disk, before its checksum, record and commit
+    # (an in-process stand-in of SIGKILL, as tests/test_kill_anywhere.py)
+    killed = tmp_path / "killed"
+    real = aivarda.files.fsync_path
+
+    def fsync(path: object) -> None:
+        real(path)  # type: ignore[arg-type]
+        if Path(str(path)) == killed / "b_state" and (killed / "b_state" / "cycle_00001.pt").is_file():
+            raise Killed
+
+    with mock.patch.object(aivarda.files, "fsync_path", fsync), pytest.raises(Killed):
+        CyclingRunner(cfg, killed, progress=False).run()
+    assert json.loads((killed / "state.json").read_text())["next_cycle"] == 1
+    CyclingRunner(cfg, killed, progress=False).run(resume=True)
+    assert rows_of(killed) == rows
 
     # aivarda report: trainable parameters and the seconds of the B update and of the analysis
     summary = run_summary(load_run(ref))
