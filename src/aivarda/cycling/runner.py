@@ -156,7 +156,8 @@ class CyclingRunner:
             state.initialised = True
             run_dir.commit(state)
         self.ensemble.discard_through(state.next_cycle - 1)
-        stateful = isinstance(self.parts.transform, StatefulTransform)
+        # a B updated every cycle whose update leaves state (fine-tuned weights) is saved with each cycle
+        stateful = self.parts.b_needs_ensemble and isinstance(self.parts.transform, StatefulTransform)
         if stateful and state.next_cycle > 0:  # the B as the last committed cycle left it
             self.parts.transform.load_state_dict(run_dir.load_b_state(state.next_cycle - 1))  # type: ignore[union-attr]
         bar = None
