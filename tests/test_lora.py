@@ -270,3 +270,17 @@ def test_shipped_lora_configs_validate(name: str, method: str) -> None:
     assert built.needs.window_model == (method == "4dvar")
     if method == "4dvar":
         assert cfg.window_model is not None and cfg.assimilation.da_win == 6
+
+
+def test_tiny_world_example_configs_validate() -> None:
+    """The runnable example of docs/lora-envar.md §6."""
+    from aivarda.background.vae.config import LearnVaeConfig
+    from aivarda.config import load_config
+    from aivarda.cycling.config import CyclingConfig
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    run = load_config(results / "lora_3denvar_tiny.yaml", CyclingConfig)
+    assert run.assimilation.method == "3denvar" and run.assimilation.background_error.finetune.mode == "lora"
+    assert run.dynamic_member == 8 and len(run.cycle_times()) == 4
+    learn = load_config(results / "learn_b_vae_tiny.yaml", LearnVaeConfig)
+    assert learn.vae.training.sigma == 2.0 and learn.output_dir.name == "learn_b_vae_tiny"
