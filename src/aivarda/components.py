@@ -36,7 +36,7 @@ from aivarda.assimilation.methods import (
     assimilation_field,
     build_method,
 )
-from aivarda.background.registry import BACKGROUNDS, TransformContext, build_transform
+from aivarda.background.registry import TransformContext, build_transform
 from aivarda.background.transforms import ControlTransform
 from aivarda.config import ExperimentConfig
 from aivarda.data.sources import FieldSource, open_source
@@ -119,7 +119,7 @@ def build_components(
     """
     method = build_method(cfg.assimilation)
     b_type = cfg.assimilation.background_error.type
-    b_needs_ensemble = BACKGROUNDS.entry(b_type).config.needs_ensemble
+    b_needs_ensemble = bool(cfg.assimilation.background_error.needs_ensemble)  # may depend on the B's settings
     if not ensemble and (method.needs.ensemble or b_needs_ensemble):
         what = f"method {method.name}" if method.needs.ensemble else f"background_error type {b_type}"
         raise ConfigError(f"assimilation: {what} needs ensemble members, which this command does not have "

@@ -66,7 +66,7 @@ from aivarda.models.base import ForecastModel, trajectory
 def _require_ensemble_b(method: str, b: TransformConfig) -> TransformConfig:
     """The B of an EnVar method must be built from the ensemble (its config declares
     ``needs_ensemble``); raises ``ValueError`` (in a config: a ConfigError naming the key)."""
-    if not getattr(type(b), "needs_ensemble", False):
+    if not getattr(b, "needs_ensemble", False):
         raise ValueError(
             f"method {method} needs an ensemble B ({{type: ensemble}} or {{type: hybrid}}), got type {b.type!r}"
         )

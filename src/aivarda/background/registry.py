@@ -11,8 +11,10 @@ Builders receive a :class:`TransformContext`: the state shape and dtype, the geo
 state lies on the sphere, and the statistics the driver computed (``error_std``: per-channel
 background-error std ``[C]``), used when the config does not give the numbers itself.
 
-A B declares what it needs by class attributes of its config: ``needs_ensemble = True`` makes the
-driver pass the ensemble members every cycle (``transform.update(members)``, through the method's
+A B declares what it needs by attributes of its config: ``needs_ensemble = True`` (a class
+attribute, or a property when it depends on the settings, e.g. ``type: vae`` with
+``finetune.mode``) makes the driver pass the ensemble members every cycle
+(``transform.update(members)``, through the method's
 :meth:`~aivarda.assimilation.methods.Method.update_background_error`).
 """
 

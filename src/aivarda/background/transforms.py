@@ -10,12 +10,17 @@ dimensions pass through). A state is ``[N]`` for Lorenz-96 or ``[C, H, W]`` for 
 Every transform has ``latent_shape``, ``state_shape`` and ``decode``. Linear transforms also have
 ``adjoint(δx) -> z`` (``Uᵀ``), which the dot-product tests check: ``⟨U z, δx⟩ = ⟨z, Uᵀ δx⟩``.
 Nonlinear transforms (a VAE decoder) implement only ``decode``.
+
+A transform updated every cycle (:class:`EnsembleTransform`) whose update leaves state the later
+cycles depend on (e.g. fine-tuned weights) also implements :class:`StatefulTransform`; one that
+reports numbers about its last update (e.g. its trainable parameters) implements
+:class:`ReportingTransform`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -48,6 +53,29 @@ class EnsembleTransform(ControlTransform, Protocol):
 
     def update(self, members: Tensor) -> None:
         """Take the members ``[K, *state_shape]`` (or their window trajectories) of this cycle."""
+        ...
+
+
+@runtime_checkable
+class StatefulTransform(Protocol):
+    """A transform with per-cycle state: the cycling runner saves ``state_dict()`` with every
+    committed cycle (``RUN_DIR/b_state/``) and, on ``--resume``, calls ``load_state_dict`` with the
+    state of the last committed cycle before the next update, so a resumed run equals an
+    uninterrupted one. The state holds tensors and plain values (``torch.load(weights_only=True)``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
+@runtime_checkable
+class ReportingTransform(Protocol):
+    """A transform that reports numbers about its last ``update`` (``{name: value}``); the cycling
+    runner records them as ``b_<name>`` columns of the cycle's metrics row."""
+
+    def update_diagnostics(self) -> dict[str, float]:
         ...
 
 

@@ -16,7 +16,10 @@ The metrics row of a cycle is *wide* (one row per cycle):
 - ``obs_<flag>`` counts, and ``{omb,oma}_{assimilated,withheld}_{count,mean,rms,normalised_rms}``
   (observation space, O−B and O−A);
 - ``min_iterations``, ``min_J_initial``, ``min_J_final``, ``min_converged``, ``min_fallback``;
-- ``wall_forecast``, ``wall_observations``, ``wall_minimisation``, ``wall_io``, ``wall_total`` (s).
+- ``b_<name>``: numbers a B reports about its per-cycle update (e.g. ``b_trainable_params``,
+  ``b_finetune_loss_last`` of a fine-tuned VAE, :class:`~aivarda.background.transforms.ReportingTransform`);
+- ``wall_forecast``, ``wall_observations``, ``wall_b_update`` (the per-cycle update of B from the
+  ensemble), ``wall_minimisation`` (the analysis), ``wall_io``, ``wall_total`` (s).
 
 ``metrics.nc`` holds the same numbers: per-channel scores (and baselines) as ``[cycle, channel]`` arrays, the rest
 as ``[cycle]`` (the CSV is rewritten after every cycle, the netCDF files at the end of a run). Forecast scores (forecast mode) go to ``forecast_scores.csv`` (one row per
@@ -46,7 +49,7 @@ PER_CHANNEL = ("bg_wrmse", "ana_wrmse", "bg_bias", "ana_bias")
 BASELINE_PER_CHANNEL = ("clim_wrmse", "pers_wrmse", "sigma_clim")
 """Per-channel columns of the baselines (present when the runner passes ``baselines``)."""
 BASELINE_SCALARS = ("clim_nrmse", "pers_nrmse")
-WALL_STAGES = ("forecast", "observations", "minimisation", "io")
+WALL_STAGES = ("forecast", "observations", "b_update", "minimisation", "io")
 
 
 def metrics_row(
@@ -59,9 +62,11 @@ def metrics_row(
     minimizer: dict[str, Any],
     wall: dict[str, float],
     baselines: dict[str, Any] | None = None,
+    background_error: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The wide metrics row of one cycle (see the module docstring); ``baselines`` is the result of
-    :func:`aivarda.evaluation.metrics.baseline_scores` for the cycle (None: no baseline columns)."""
+    :func:`aivarda.evaluation.metrics.baseline_scores` for the cycle (None: no baseline columns),
+    ``background_error`` what the B reports about its update (``b_<name>`` columns)."""
     row: dict[str, Any] = {"cycle": cycle, "time": str(np.datetime64(time, "s")), "method": method}
     for key in PER_CHANNEL:
         row.update({f"{key}_{ch}": v for ch, v in scores[key].items()})
@@ -78,6 +83,7 @@ def metrics_row(
             for stat in ("count", "mean", "rms", "normalised_rms"):
                 row[f"{prefix}_{subset}_{stat}"] = stats.get(stat, math.nan)
     row.update({f"min_{k}": (math.nan if v is None else v) for k, v in minimizer.items()})
+    row.update({f"b_{k}": float(v) for k, v in (background_error or {}).items()})
     row.update({f"wall_{k}": wall.get(k, 0.0) for k in WALL_STAGES})
     row["wall_total"] = wall.get("total", sum(wall.get(k, 0.0) for k in WALL_STAGES))
     return row

@@ -12,7 +12,9 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
 2. observations of the truth at the method's window times, simulated with
    ``SeedSequence([seed, n])`` (the same draws when a run is resumed), quality-controlled against
    the method's background window;
-3. a B that declares it needs the ensemble is updated with the members through the method;
+3. a B that declares it needs the ensemble is updated with the members through the method (its
+   wall time ``wall_b_update``; a :class:`~aivarda.background.transforms.ReportingTransform`'s
+   numbers as ``b_<name>`` columns);
 4. ``x_a = x_b + U z*`` by the method (:func:`aivarda.assimilation.analysis.analyse_window`);
 5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
    minimiser's diagnostics and the wall time of each stage;
@@ -20,9 +22,11 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
    background, when neither the method nor its B uses the ensemble; ``"own"``: the
    analysis members forecast one cycle), and every
    ``forecast.every`` cycles a ``forecast.lead`` forecast scored against the truth;
-7. outputs, then the commit (:mod:`aivarda.cycling.state`): with ``outputs.forecast_fields`` the
-   scored forecasts' fields (lead 0 = the analysis) go to ``forecasts.zarr`` as they are made, in the
-   WeatherBench2 forecast layout; every field file carries CF metadata (:mod:`aivarda.data.cf`).
+7. outputs, then the commit (:mod:`aivarda.cycling.state`), with the state of a B that has per-cycle
+   state (:class:`~aivarda.background.transforms.StatefulTransform`), restored by ``--resume``:
+   with ``outputs.forecast_fields`` the scored forecasts' fields (lead 0 = the analysis) go to
+   ``forecasts.zarr`` as they are made, in the WeatherBench2 forecast layout; every field file
+   carries CF metadata (:mod:`aivarda.data.cf`).
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ import torch
 from torch import Tensor
 
 from aivarda.assimilation.analysis import analyse_window
+from aivarda.background.transforms import ReportingTransform, StatefulTransform
 from aivarda.components import build_components, leakage_guard, load_model
 from aivarda.config import load_config
 from aivarda.cycling.config import CyclingConfig
 from aivarda.cycling.ensemble import LaggedEnsemble, initial_truth_times
 from aivarda.cycling.outputs import (
+    WALL_STAGES,
     StateSeries,
     metrics_row,
     write_metrics,
@@ -157,6 +163,10 @@ class CyclingRunner:
             state.initialised = True
             run_dir.commit(state)
         self.ensemble.discard_through(state.next_cycle - 1)
+        # a B updated every cycle whose update leaves state (fine-tuned weights) is saved with each cycle
+        stateful = self.parts.b_needs_ensemble and isinstance(self.parts.transform, StatefulTransform)
+        if stateful and state.next_cycle > 0:  # the B as the last committed cycle left it
+            self.parts.transform.load_state_dict(run_dir.load_b_state(state.next_cycle - 1))  # type: ignore[union-attr]
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -166,7 +176,8 @@ class CyclingRunner:
             for n in range(state.next_cycle, n_cycles):
                 record = self.cycle(n)
                 state.next_cycle = n + 1
-                run_dir.commit(state, record, n)
+                b_state = self.parts.transform.state_dict() if stateful else None  # type: ignore[union-attr]
+                run_dir.commit(state, record, n, b_state=b_state)
                 records.append(record)
                 self.ensemble.discard_through(n)
                 write_metrics(self.out, records, self.layout, netcdf=False)
@@ -205,7 +216,7 @@ class CyclingRunner:
         """Run cycle ``n`` (everything but the commit); returns its record."""
         cfg, grid, layout = self.cfg, self.grid, self.layout
         torch.manual_seed(cycle_seed(cfg.seed, n))
-        wall = dict.fromkeys(("forecast", "observations", "minimisation", "io"), 0.0)
+        wall = dict.fromkeys(WALL_STAGES, 0.0)
         start = wallclock.perf_counter()
         t = self.times[n]
 
@@ -224,11 +235,16 @@ class CyclingRunner:
         wall["observations"] += wallclock.perf_counter() - tic
         self.hook(n, "observations")
 
-        tic = wallclock.perf_counter()
         parts = self.parts
+        b_numbers: dict[str, float] = {}
         if parts.b_needs_ensemble:
             assert members is not None
+            tic = wallclock.perf_counter()
             self.method.update_background_error(parts.transform, members, window, parts.window_model)  # type: ignore[arg-type]
+            wall["b_update"] += wallclock.perf_counter() - tic
+            if isinstance(parts.transform, ReportingTransform):
+                b_numbers = parts.transform.update_diagnostics()
+        tic = wallclock.perf_counter()
         wa = analyse_window(self.method, x_b, obs, self.geometry, cfg.observations, parts.transform,
                             parts.background_std, window, parts.window_model, members=members)
         x_a = wa.result.x_a.detach()
@@ -284,7 +300,7 @@ class CyclingRunner:
 
         wall["total"] = wallclock.perf_counter() - start
         row = metrics_row(n, t, self.method.name, scores, wa.observations.counts(), obs_space,
-                          minimizer_summary(wa.result), wall, baselines=baselines)
+                          minimizer_summary(wa.result), wall, baselines=baselines, background_error=b_numbers)
         return {"row": row, "forecast": forecast}
 
     def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float],

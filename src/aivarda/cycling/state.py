@@ -14,6 +14,8 @@ Layout::
     RUN_DIR/state.json               {"next_cycle": n, "n_cycles": N, "initialised": bool}
     RUN_DIR/records/cycle_NNNNN.json one per completed cycle: metrics row, forecast scores
     RUN_DIR/ensemble/                time-lagged members still needed (see ensemble.py)
+    RUN_DIR/b_state/cycle_NNNNN.pt   the state of a B with per-cycle state after cycle NNNNN
+                                     (``StatefulTransform``, e.g. fine-tuned VAE adapters), the last two
     RUN_DIR/run.lock                 held (``flock``) by the process running or resuming the run
     RUN_DIR/metrics.csv, metrics.nc, forecast_scores.csv, forecasts.nc, last_cycle.nc, *.zarr
 
@@ -25,6 +27,8 @@ file it reads back before any computation and
 * rolls back one cycle when the damage is confined to what the last committed cycle ``n − 1``
   wrote (its record, or a member it forecast): the members valid at ``n − 1`` are kept on disk
   until cycle ``n`` is committed, so cycle ``n − 1`` is simply run again;
+* rolls back one cycle too when the B state of the last committed cycle is damaged or missing
+  (while the run keeps B states), and restores the B from the state of the cycle it resumes after;
 * rebuilds a damaged ``state.json`` from the verified records (a record is written after
   everything else of its cycle, so a complete record means a complete cycle);
 * removes temporary files of killed writers and the members of uncommitted cycles.
@@ -46,16 +50,20 @@ from aivarda.errors import ConfigError, DataError
 from aivarda.files import (
     check_writable_dir,
     checksum_file,
+    load_torch_file,
     read_checked_json,
     remove_stale_tmp,
+    save_torch_file,
     verify_checksum,
     write_checked_json,
+    write_checksum,
 )
 
 STATE_VERSION = 2
 """2: checksummed state, records and members (1: none; still resumable, without verification)."""
 
 LOCK_NAME = "run.lock"
+B_STATE_FORMAT, B_STATE_VERSION = "aivarda-b-state", 1
 
 _LOCKS: dict[Path, int] = {}
 """Run directories this process holds the lock of → the locked file descriptor (a resume in the
@@ -87,12 +95,26 @@ class RunDirectory:
         self.path = Path(path)
         self.records_dir = self.path / "records"
         self.ensemble_dir = self.path / "ensemble"
+        self.b_state_dir = self.path / "b_state"
         self.state_file = self.path / "state.json"
         self.config_file = self.path / "config.json"
         self.lock_file = self.path / LOCK_NAME
 
     def record_file(self, cycle: int) -> Path:
         return self.records_dir / f"cycle_{cycle:05d}.json"
+
+    def b_state_file(self, cycle: int) -> Path:
+        return self.b_state_dir / f"cycle_{cycle:05d}.pt"
+
+    def load_b_state(self, cycle: int) -> dict[str, Any]:
+        """The B state saved with cycle ``cycle`` (verified against its checksum)."""
+        path = self.b_state_file(cycle)
+        what = f"the background-error state of cycle {cycle}"
+        if not path.is_file():
+            raise DataError(f"{path}: {what} not found; the B has per-cycle state and cannot be resumed without it "
+                            f"(start the run again in a new directory)")
+        verify_checksum(path, what)
+        return load_torch_file(path, B_STATE_FORMAT, B_STATE_VERSION, what)["state"]
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(p.name != LOCK_NAME for p in self.path.iterdir())
@@ -190,6 +212,7 @@ class RunDirectory:
             state = self._verify_members(state, checked)
         else:
             self._remove_members(lambda origin: True)
+        state = self._verify_b_states(state)
         for path in self.records_dir.glob("cycle_*.json"):  # records of cycles not committed
             if int(path.stem.split("_")[1]) >= state.next_cycle:
                 path.unlink()
@@ -239,6 +262,36 @@ class RunDirectory:
                 return state
         return state
 
+    def _b_state_cycles(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.b_state_dir.glob("cycle_*.pt"))
+
+    def _remove_b_states(self, select: Any) -> None:
+        for cycle in self._b_state_cycles():
+            if select(cycle):
+                path = self.b_state_file(cycle)
+                path.unlink()
+                checksum_file(path).unlink(missing_ok=True)
+
+    def _verify_b_states(self, state: RunState) -> RunState:
+        """Remove the B states of uncommitted cycles; when the run keeps B states, verify the last
+        committed cycle's (rolling back one cycle when it is damaged or missing)."""
+        self._remove_b_states(lambda cycle: cycle >= state.next_cycle)
+        if state.next_cycle == 0 or not self._b_state_cycles():
+            return state
+        last = state.next_cycle - 1
+        path = self.b_state_file(last)
+        try:
+            if not path.is_file():
+                raise DataError(f"{path}: the background-error state of cycle {last} is missing")
+            verify_checksum(path, f"background-error state of cycle {last}")
+        except DataError as exc:
+            state = self._roll_back(state, exc)
+            self._remove_b_states(lambda cycle: cycle >= state.next_cycle)
+            self._remove_members(lambda origin: origin >= state.next_cycle)
+            if state.next_cycle > 0:
+                self.load_b_state(state.next_cycle - 1)  # the cycle before must be intact
+        return state
+
     def _remove_members(self, select: Any) -> None:
         for path in self.ensemble_dir.glob("valid_*/lead_*.npy"):
             if select(_member_origin(path)):
@@ -246,13 +299,22 @@ class RunDirectory:
                 checksum_file(path).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ commit
-    def commit(self, state: RunState, record: dict[str, Any] | None = None, cycle: int | None = None) -> None:
-        """Write cycle ``cycle``'s record (if given), then the state (the commit point). The lock is
+    def commit(self, state: RunState, record: dict[str, Any] | None = None, cycle: int | None = None,
+               b_state: dict[str, Any] | None = None) -> None:
+        """Write cycle ``cycle``'s B state (if given; with a checksum), its record (if given), then
+        the state (the commit point); B states older than the cycle before are removed. The lock is
         released once the last cycle is committed."""
+        if b_state is not None:
+            assert cycle is not None
+            path = self.b_state_file(cycle)
+            save_torch_file(path, {"format": B_STATE_FORMAT, "version": B_STATE_VERSION, "cycle": cycle, "state": b_state})
+            write_checksum(path)
         if record is not None:
             assert cycle is not None
             write_checked_json(self.record_file(cycle), record)
         write_checked_json(self.state_file, state.to_dict())
+        if b_state is not None:
+            self._remove_b_states(lambda c: c < cycle - 1)
         if state.next_cycle >= state.n_cycles:
             self.unlock()
 

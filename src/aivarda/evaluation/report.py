@@ -18,7 +18,9 @@ Scores follow WeatherBench2's conventions:
 
 The table shows per run the background/analysis RMSE of z500, t850, u500, q500, t2m and all/σ, the
 number of cycles and the wall time, the baseline rows, the mean seconds per cycle of each stage
-(forecast, observations, minimisation, I/O, total), the z500 forecast RMSE by lead, and a
+(forecast, observations, update of B from the ensemble when a run has one, minimisation, I/O,
+total; with the mean number of trainable parameters of a fine-tuned B, ``b_trainable_params``), the
+z500 forecast RMSE by lead, and a
 provenance footer (aivarda version, git commit, host, and per run the config hash and store
 fingerprint, :mod:`aivarda.evaluation.provenance`). ``--compare A:B`` (repeatable; ``A``/``B`` a run
 name, directory or 1-based position) adds the paired difference ``A − B`` of those scores over the
@@ -60,8 +62,10 @@ from aivarda.evaluation.provenance import canonical_json, code_provenance, foote
 from aivarda.files import check_writable_dir, read_checked_json
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
-STAGES = ("forecast", "observations", "minimisation", "io", "total")
-"""Wall-time stages of a cycle (``wall_<stage>`` columns of ``metrics.csv``)."""
+STAGES = ("forecast", "observations", "b_update", "minimisation", "io", "total")
+"""Wall-time stages of a cycle (``wall_<stage>`` columns of ``metrics.csv``; ``b_update``: the
+per-cycle update of B from the ensemble, e.g. fine-tuning a VAE decoder; ``minimisation``: the
+analysis)."""
 SERIES_CHANNELS = ("z500", "t850")
 ALL = "all/σ"
 """Key of the all-channel normalised score."""
@@ -219,6 +223,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
         "last_time": run.rows[-1]["time"] if run.rows else None,
         "wall_seconds": float(sum(float(r["wall_total"]) for r in run.rows)),
         "seconds_per_cycle": {s: _mean(run.rows, f"wall_{s}") for s in STAGES},
+        "b_trainable_params": _mean(run.rows, "b_trainable_params"),
         "aggregation": AGGREGATION,
         "rmse": rmse,
         "normalised_rmse": {kind: _normalised(run.rows, prefix, sigma) for kind, prefix in KINDS.items()},
@@ -268,9 +273,16 @@ def format_table(runs: list[RunData], summaries: list[dict[str, Any]] | None = N
             label = name if len(shown) == 1 else f"{name} ({s['name']})"
             lines.append(f"{label:<{width}} {'-':>7} {s['cycles']:>6} {'-':>8} " + " ".join([*cells, pair(same)]))
     lines.append("")
-    lines.append(f"{'seconds per cycle':<{width}} " + " ".join(f"{st:>12}" for st in STAGES))
+    # the update of B and its trainable parameters only when some run updates its B (EnVar, LoRA-EnVar)
+    stages = [st for st in STAGES if st != "b_update" or any(s["seconds_per_cycle"].get(st) for s in summaries)]
+    params = any(s.get("b_trainable_params") is not None for s in summaries)
+    lines.append(f"{'seconds per cycle':<{width}} " + " ".join(f"{st:>12}" for st in stages)
+                 + (f" {'B params':>12}" if params else ""))
     for s in summaries:
-        cells = ["-" if s["seconds_per_cycle"][st] is None else f"{s['seconds_per_cycle'][st]:.3f}" for st in STAGES]
+        cells = ["-" if s["seconds_per_cycle"].get(st) is None else f"{s['seconds_per_cycle'][st]:.3f}" for st in stages]
+        if params:
+            n = s.get("b_trainable_params")
+            cells.append("-" if n is None else f"{n:.0f}")
         lines.append(f"{s['name']:<{width}} " + " ".join(f"{c:>12}" for c in cells))
     lines.extend(_forecast_lines(summaries, width))
     lines.append("")

@@ -20,12 +20,19 @@ unchanged.
 
 ``scale`` multiplies ``U`` (as ``genbe``'s). The decoder runs in ``context.dtype`` on the device of
 ``z``.
+
+With ``finetune: {mode: lora | reset | full}`` the B is flow-dependent (LoRA-EnVar,
+``docs/lora-envar.md``): its config declares ``needs_ensemble``, and every cycle
+:meth:`FinetunedVaeTransform.update` fine-tunes the decoder on the members of the cycle
+(:mod:`aivarda.background.vae.finetune`); ``D(0)`` is recomputed after each update. Its
+``state_dict``/``load_state_dict`` (the adapters or weights, and the update count) are saved by the
+cycling runner with each committed cycle and restored by ``--resume``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -35,7 +42,8 @@ from aivarda.background.genbe.config import GridSection
 from aivarda.background.registry import TransformConfig, TransformContext, register_transform
 from aivarda.background.transforms import ControlTransform, _batch_shape
 from aivarda.background.vae.checkpoint import VaeCheckpoint
-from aivarda.errors import ConfigError
+from aivarda.background.vae.finetune import FinetuneConfig, VaeFinetuner, ensemble_samples
+from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 from aivarda.paths import expand_path
 from aivarda.sphere import Regrid
@@ -86,6 +94,42 @@ class VaeTransform:
         return self.scale * self.regrid(out).reshape(*batch, *self.state_shape)
 
 
+class FinetunedVaeTransform(VaeTransform):
+    """A :class:`VaeTransform` whose decoder is fine-tuned on the members of every cycle
+    (``update``); ``D(z)`` with zero-initialised adapters is the static decoder's bit for bit."""
+
+    def __init__(self, ckpt: VaeCheckpoint, finetune: FinetuneConfig, state_grid: Grid | None = None, **kwargs: Any):
+        super().__init__(ckpt, state_grid, **kwargs)
+        self.finetuner = VaeFinetuner(self.net, finetune)
+        self.to_control = Regrid(self.state_grid, self.control_grid)
+
+    def update(self, members: Tensor) -> None:
+        """Fine-tune on ``members`` ``[K, C, H, W]`` valid at the window start (on the state grid)."""
+        if members.ndim != 4 or tuple(members.shape[1:]) != self.state_shape:
+            raise DataError(
+                f"background_error type vae: fine-tuning takes the K members valid at the window start "
+                f"[K, {', '.join(map(str, self.state_shape))}], got {list(members.shape)} (window trajectories "
+                f"[K, T, C, H, W] come from method 4denvar; a VAE B carried through the window is method 4dvar)"
+            )
+        self.net.to(members.device)
+        x = self.to_control(members.to(torch.float64))
+        samples = ensemble_samples(x, self.control_grid.weights)
+        dtype = next(self.net.parameters()).dtype
+        self.finetuner.update(samples.to(dtype))
+        self._offset = None  # D(0) of the new decoder
+
+    def update_diagnostics(self) -> dict[str, float]:
+        """Of the last update: trainable parameters, first/last epoch loss, optimiser steps, seconds."""
+        return dict(self.finetuner.last)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.finetuner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.finetuner.load_state_dict(state)
+        self._offset = None
+
+
 class VaeConfig(TransformConfig):
     """``background_error: {type: vae, checkpoint: best.pt, centre: true, scale: 1.0}``;
     ``checkpoint`` may use ``${AIVARDA_HOME}``/``${AIVARDA_ASSETS}``."""
@@ -97,6 +141,14 @@ class VaeConfig(TransformConfig):
     state_grid: GridSection | None = Field(
         default=None, description="grid of the analysis state (default: the checkpoint's source grid)"
     )
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="per-cycle fine-tuning of the decoder on the ensemble (LoRA-EnVar)"
+    )
+
+    @property
+    def needs_ensemble(self) -> bool:  # type: ignore[override]
+        """Fine-tuned every cycle on the members (any mode but none)."""
+        return self.finetune.mode != "none"
 
 
 @register_transform("vae", VaeConfig)
@@ -107,6 +159,8 @@ def _build_vae(cfg: VaeConfig, context: TransformContext) -> ControlTransform:
     candidates = [cfg.state_grid.grid()] if cfg.state_grid is not None else [ckpt.grid, ckpt.state_grid]
     for grid in candidates:
         if tuple(context.state_shape) == (C, *grid.shape):
+            if cfg.finetune.mode != "none":
+                return FinetunedVaeTransform(ckpt, cfg.finetune, grid, centre=cfg.centre, scale=cfg.scale, dtype=context.dtype)
             return VaeTransform(ckpt, grid, centre=cfg.centre, scale=cfg.scale, dtype=context.dtype)
     grids = " or ".join(g.describe() for g in candidates)
     raise ConfigError(
