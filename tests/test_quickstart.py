@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from aivarda.cli import main
 
@@ -56,7 +57,15 @@ def test_cycling_quickstart_with_shipped_models(
     arch = {"name": "fengwu", "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2, "window": [2, 4]}
     for name, dt in (("fengwu_6h.pt", 6.0), ("fengwu_1h.pt", 1.0)):
         stats = load_or_compute_norm_stats(source, diff_hours=6.0, progress=False)
-        model = build_forecast_model(arch, stats, source.grid, layout, dt)
+        # the 1-hour model carries a linear prior (fitted to persistence): the quickstart's 4DVar is
+        # multi-incremental, its inner loops run the window model's linear part
+        prior = {"lmax": 4, "modes": 4} if dt == 1.0 else None
+        model = build_forecast_model(arch, stats, source.grid, layout, dt, linear_prior=prior)
+        if prior is not None:
+            from aivarda.models.linear_prior import fit_linear_prior
+
+            z = torch.randn(4, layout.n_channels, *source.grid.shape, generator=torch.Generator().manual_seed(0))
+            fit_linear_prior(model.prior, [(z, z)], torch.ones(source.grid.nlat), progress=False)
         save_checkpoint(tmp_path / name, checkpoint_dict(model))
     monkeypatch.setattr(cycling_config, "DEFAULT_MODEL", tmp_path / "fengwu_6h.pt")
     monkeypatch.setattr(cycling_config, "DEFAULT_WINDOW_MODEL", tmp_path / "fengwu_1h.pt")
