@@ -85,6 +85,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -523,10 +524,11 @@ def run_dapper(exp: Experiment, scored_cycles: int, seed: int) -> dict:
     """DAPPER's matching method (:func:`dapper_method`) on DAPPER's own ``sakov2008`` HMM with the
     same burn-in, dkObs and number of observation times; ``wall_s`` times ``assimilate`` alone
     (DAPPER draws its own truth and observations from ``seed``)."""
-    import dapper as dpr
-    import dapper.mods as modelling
-    import dapper.tools.progressbar as dapper_progressbar
-    from dapper.mods.Lorenz96.sakov2008 import HMM as SAKOV2008
+    with contextlib.redirect_stdout(sys.stderr):  # DAPPER prints a plotting-backend warning on import (keeps --json clean)
+        import dapper as dpr
+        import dapper.mods as modelling
+        import dapper.tools.progressbar as dapper_progressbar
+        from dapper.mods.Lorenz96.sakov2008 import HMM as SAKOV2008
 
     dapper_progressbar.disable_progbar = True
     burn_in = math.ceil(BURN_IN_TIME / (exp.obs_every * DT))
