@@ -140,6 +140,7 @@ class Experiment:
     ensemble: str = "letkf"  # 4DEnVar members: "letkf" (an LETKF alongside) | "transform" (its own square-root update)
     transform_iterations: int = 1  # "transform": re-linearisations of the square root about the conditioned members
     score: str = "analysis"  # "transform": rmse.a of M(x_a) ("analysis") or of the analysis members' mean ("mean")
+    xn: float = 0.0  # "transform": > 0 — EnKF-N adaptive pre-inflation with DAPPER's hyperprior boost xN (0: none)
     tolerance: float = TOLERANCE  # pass: rmse.a <= published + tolerance
 
     @property
@@ -296,6 +297,30 @@ def sqrt_transform(ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (evecs * evals.rsqrt()) @ evecs.T, (evecs * evals.sqrt()) @ evecs.T
 
 
+def enkf_n_inflation(ys: torch.Tensor, dy: torch.Tensor, xn: float) -> float:
+    """The EnKF-N prior inflation factor ``l1`` (Bocquet 2011; DAPPER's ``EnKF_N`` dual form with its
+    ``hyperprior_coeffs`` mode correction and ``xN`` boost) from the normalised forecast observation
+    anomalies ``Y [N, p]`` and innovation ``dy [p]``: ``l1 = argmin Σ du²/((l1 s)² + N − 1) + eN/l1² +
+    cL ln l1²``, ``Y = V diag(s) Uᵀ``, ``du = Uᵀ dy``."""
+    from scipy.optimize import minimize_scalar
+
+    n = ys.shape[0]
+    n1 = n - 1
+    _, sv, ut = torch.linalg.svd(ys, full_matrices=False)
+    du = (ut @ dy).numpy()
+    s2 = sv.numpy() ** 2
+    e_n, c_l = (n + 1) / n, n / n1
+    prior_mode = e_n / c_l
+    diagonal = np.concatenate([s2, np.zeros(max(n - s2.size, 0))])[:n] + n1
+    mode_correction = math.sqrt(prior_mode ** (np.mean(1.0 / diagonal) * n1))
+    e_n, c_l = xn * e_n / mode_correction, xn * c_l * mode_correction
+
+    def dual(l1: float) -> float:
+        return float(np.sum(du**2 / (l1**2 * s2 + n1)) + e_n / l1**2 + c_l * math.log(l1**2))
+
+    return float(minimize_scalar(dual, bounds=(0.3, 10.0), method="bounded", options={"xatol": 1e-5}).x)
+
+
 def run_envar_transform(exp: Experiment, scored_cycles: int, seed: int, config: dict, progress: bool) -> dict:
     """Cycle 4DEnVar on its own ensemble, updated like the iEnKS (``ensemble = "transform"``): each
     cycle the members at the window start (anomalies ``X'`` about the start state ``x``) are run
@@ -336,6 +361,11 @@ def run_envar_transform(exp: Experiment, scored_cycles: int, seed: int, config: 
                              Window(np.datetime64(0, "s"), np.arange(window) * np.timedelta64(1, "h"), (exp.obs_every,) * (window - 1)),
                              torch.full((N_VARS,), window - 1))
         method, win, time_index = built[window]
+        if exp.xn > 0:  # EnKF-N: inflate the forecast anomalies by l1 from the newest observations
+            with torch.no_grad():
+                newest = trajectory(model, torch.cat([x[None], x + anomalies]), win.steps)[-1]
+            anomalies = anomalies * enkf_n_inflation((newest[1:] - newest[1:].mean(0)) / sigma,
+                                                     (y[ko] - newest[1:].mean(0)) / sigma, exp.xn)
         start_members = x + anomalies
         method.update_background_error(transform, start_members, win, model)
         problem = AnalysisProblem(x, method.background_window(x, win, model), transform, observe_last,

@@ -89,3 +89,27 @@ def test_dapper_comparison_runs(lorenz96_benchmark) -> None:
     row = bench.run_dapper(exp, 50, 3000)
     assert row["dapper_method"] == "Var3D(xB=0.02)" and row["dapper_version"] == "1.7.1"
     assert 0.2 < row["rmse_a"] < 0.8 and row["wall_s"] > 0 and math.isfinite(row["wall_s"])
+
+
+def test_enkf_n_inflation_minimises_the_dual(lorenz96_benchmark) -> None:
+    """l1 is the minimiser of DAPPER's EnKF-N dual cost (written here from its formula, on a fine grid),
+    and grows with the innovation."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(4)
+    n, p, xn = 20, 40, 2.0
+    ys = torch.randn(n, p, generator=g, dtype=DT) * 0.3
+    ys = ys - ys.mean(0)
+    dy = torch.randn(p, generator=g, dtype=DT)
+    l1 = lorenz96_benchmark.enkf_n_inflation(ys, dy, xn)
+
+    s = torch.linalg.svdvals(ys).numpy()
+    du = (torch.linalg.svd(ys, full_matrices=False)[2] @ dy).numpy()
+    n1 = n - 1
+    e_n, c_l = (n + 1) / n, n / n1
+    mc = math.sqrt((e_n / c_l) ** (np.mean(1 / (s**2 + n1)) * n1))
+    e_n, c_l = xn * e_n / mc, xn * c_l * mc
+    grid = np.linspace(0.3, 10.0, 200001)
+    cost = (du[None] ** 2 / (grid[:, None] ** 2 * s[None] ** 2 + n1)).sum(1) + e_n / grid**2 + c_l * np.log(grid**2)
+    assert l1 == pytest.approx(grid[np.argmin(cost)], abs=1e-4)
+    assert lorenz96_benchmark.enkf_n_inflation(ys, 3 * dy, xn) > l1
