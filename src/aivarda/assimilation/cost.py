@@ -128,6 +128,11 @@ class VariationalCost:
             )
         return y_model - self.y
 
+    def residuals(self, z: Tensor) -> Tensor:
+        """The normalised innovations ``r = (H(P(x_b, U z)) − y) / (σ √λ)`` (``[N]``): ``J = ½‖z‖² + ½‖r‖²``
+        (what a Gauss–Newton minimiser linearises)."""
+        return self.innovation_terms(self.window(z)) * (self.inverse_variance / self.bg_lamb).sqrt()
+
     def __call__(self, z: Tensor) -> CostTerms:
         j_b = 0.5 * (z * z).sum()
         d = self.innovation_terms(self.window(z))

@@ -63,6 +63,10 @@ class AssimilationConfig(StrictModel):
     history_size: int = Field(default=10, ge=1)
     tolerance: float = Field(default=1e-5, ge=0, description="stop when ‖∇J‖ ≤ tolerance·‖∇J(0)‖")
     j_tolerance: float = Field(default=1e-12, ge=0, description="stop when |ΔJ| ≤ j_tolerance·|J|")
+    algorithm: Literal["lbfgs", "gauss_newton"] = Field(
+        default="lbfgs",
+        description="lbfgs: outer × inner L-BFGS; gauss_newton: exact solve of each linearisation (small controls)",
+    )
     background_error: SerializeAsAny[TransformConfig] = Field(default_factory=IdentityConfig)
 
     @field_validator("background_error", mode="before")
@@ -78,6 +82,7 @@ class AssimilationConfig(StrictModel):
             tolerance=self.tolerance,
             j_tolerance=self.j_tolerance,
             progress=progress,
+            algorithm=self.algorithm,
         )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 
 def _tendency(x: np.ndarray, forcing: float) -> np.ndarray:
@@ -42,42 +41,76 @@ def _tendency_adjoint(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     )
 
 
+def _rk4_forward(xn: np.ndarray, forcing: float, dt: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` RK4 steps from ``xn [..., N]``: the end state and the stage states ``[n, 4, ..., N]``."""
+    h = 0.5 * dt
+    stages = np.empty((n, 4, *xn.shape), dtype=xn.dtype)
+    for i in range(n):
+        k1 = _tendency(xn, forcing)
+        x2 = xn + h * k1
+        k2 = _tendency(x2, forcing)
+        x3 = xn + h * k2
+        k3 = _tendency(x3, forcing)
+        x4 = xn + dt * k3
+        k4 = _tendency(x4, forcing)
+        stages[i] = (xn, x2, x3, x4)
+        xn = xn + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return xn, stages
+
+
+def _rk4_adjoint(stages: np.ndarray, g: np.ndarray, dt: float) -> np.ndarray:
+    """The adjoint of :func:`_rk4_forward` applied to ``g [B..., ..., N]`` (leading batch dimensions
+    of ``g`` broadcast against the stage states: one pass gives many vector–Jacobian products)."""
+    h = 0.5 * dt
+    for x1, x2, x3, x4 in stages[::-1]:
+        a4 = _tendency_adjoint(x4, (dt / 6.0) * g)  # adjoint of the stage state x4
+        a3 = _tendency_adjoint(x3, (dt / 3.0) * g + dt * a4)
+        a2 = _tendency_adjoint(x2, (dt / 3.0) * g + h * a3)
+        a1 = _tendency_adjoint(x1, (dt / 6.0) * g + h * a2)
+        g = g + a1 + a2 + a3 + a4
+    return g
+
+
+class _RK4Adjoint(torch.autograd.Function):
+    """``g ↦ (∂x_n/∂x_0)ᵀ g`` given the saved stages (NumPy inside); its ``vmap`` rule lets
+    ``torch.func`` batch vector–Jacobian products (``jacrev``: a whole Jacobian in one pass)."""
+
+    @staticmethod
+    def forward(g: Tensor, stages: Tensor, dt: float) -> Tensor:  # type: ignore[override]
+        out = _rk4_adjoint(stages.numpy(), g.detach().cpu().numpy(), dt)
+        return torch.from_numpy(np.ascontiguousarray(out)).to(device=g.device, dtype=g.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        pass
+
+    @staticmethod
+    def vmap(info, in_dims, g: Tensor, stages: Tensor, dt: float):  # type: ignore[override]
+        if in_dims[1] is not None:
+            raise NotImplementedError("Lorenz96: vmap over the saved stages is not supported")
+        g = g.movedim(in_dims[0], 0) if in_dims[0] is not None else g
+        return _RK4Adjoint.apply(g, stages, dt), 0 if in_dims[0] is not None else None
+
+
 class _RK4Steps(torch.autograd.Function):
     """``n`` RK4 steps of Lorenz-96 with their adjoint (NumPy inside, tensors outside)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, forcing: float, dt: float, n: int) -> Tensor:  # type: ignore[override]
-        xn = x.detach().cpu().numpy()
-        h = 0.5 * dt
-        stages = np.empty((n, 4, *xn.shape), dtype=xn.dtype)
-        for i in range(n):
-            k1 = _tendency(xn, forcing)
-            x2 = xn + h * k1
-            k2 = _tendency(x2, forcing)
-            x3 = xn + h * k2
-            k3 = _tendency(x3, forcing)
-            x4 = xn + dt * k3
-            k4 = _tendency(x4, forcing)
-            stages[i] = (xn, x2, x3, x4)
-            xn = xn + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        ctx.save_for_backward(torch.from_numpy(stages))
-        ctx.dt = dt
-        return torch.from_numpy(xn).to(device=x.device, dtype=x.dtype)
+    def forward(x: Tensor, forcing: float, dt: float, n: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        out, stages = _rk4_forward(x.detach().cpu().numpy(), forcing, dt, n)
+        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype), torch.from_numpy(stages)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _, stages = output
+        ctx.mark_non_differentiable(stages)
+        ctx.save_for_backward(stages)
+        ctx.dt = inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_stages: Tensor | None) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         (stages,) = ctx.saved_tensors
-        dt = ctx.dt
-        h = 0.5 * dt
-        g = grad.detach().cpu().numpy()
-        for x1, x2, x3, x4 in stages.numpy()[::-1]:
-            a4 = _tendency_adjoint(x4, (dt / 6.0) * g)  # adjoint of the stage state x4
-            a3 = _tendency_adjoint(x3, (dt / 3.0) * g + dt * a4)
-            a2 = _tendency_adjoint(x2, (dt / 3.0) * g + h * a3)
-            a1 = _tendency_adjoint(x1, (dt / 6.0) * g + h * a2)
-            g = g + a1 + a2 + a3 + a4
-        return torch.from_numpy(g).to(device=grad.device, dtype=grad.dtype), None, None, None
+        return _RK4Adjoint.apply(grad, stages, ctx.dt), None, None, None
 
 
 class Lorenz96:
@@ -101,4 +134,4 @@ class Lorenz96:
             raise ValueError(f"Lorenz96.forecast: expected last dimension {self.n}, got {list(x.shape)}")
         if n == 0:
             return x
-        return _RK4Steps.apply(x, self.forcing, self.dt, n)
+        return _RK4Steps.apply(x, self.forcing, self.dt, n)[0]
