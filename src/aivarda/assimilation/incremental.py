@@ -32,6 +32,7 @@ An inner loop that fails (non-finite or rising ``J^k``, see
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -90,15 +91,8 @@ def multi_incremental(
     """Minimise ``J`` with ``minimizer.outer_loops`` outer loops of the full ``model`` and
     ``minimizer.inner_iterations`` L-BFGS iterations each with ``inner_model`` (module
     docstring). ``background_window`` is ``M_{0→t}(x_b)`` ``[T, *S]``, the first outer trajectory."""
-    inner = Minimizer(
-        outer_loops=1,
-        inner_iterations=minimizer.inner_iterations,
-        history_size=minimizer.history_size,
-        tolerance=minimizer.tolerance,
-        j_tolerance=minimizer.j_tolerance,
-        max_line_search=minimizer.max_line_search,
-        progress=minimizer.progress,
-    )
+    inner = copy.copy(minimizer)  # the same algorithm and tolerances, one linearisation per call
+    inner.outer_loops = 1
     z = torch.zeros(tuple(transform.latent_shape), dtype=background.dtype, device=background.device)
     outer_traj = background_window.detach()
     diagnostics: list[dict[str, float]] = []
