@@ -155,9 +155,13 @@ def flip_member(path: Path, value: float) -> None:
     np.save(path, a)
 
 
-def test_bit_flip_in_a_member_from_an_older_cycle_is_named(small_run, tmp_path, capsys) -> None:
-    config, _ = small_run
-    out = interrupted(small_run, tmp_path)
+def test_bit_flip_in_a_member_from_an_older_cycle_is_named(cycling_store, tmp_path, capsys) -> None:
+    # a method that uses the time-lagged members (3DVar keeps only the background, lead 1)
+    config = write_config(tmp_path / "envar.yaml", cycling_store, tmp_path / "unused",
+                          assimilation={"method": "3denvar", "background_error": {"type": "ensemble", "localisation":
+                                        {"length_scale": None}}, "outer_loops": 1, "inner_iterations": 4})
+    out = tmp_path / "run"
+    run_until(config, out, (2, "background"))
     member = out / "ensemble" / "valid_00002" / "lead_02.npy"  # forecast from cycle 0
     flip_member(member, 9e-37)
     code, err = resume_cli(config, out, capsys)
