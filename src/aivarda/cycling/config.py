@@ -69,6 +69,9 @@ class OutputsConfig(StrictModel):
     analyses_zarr: bool = Field(default=True, description="every analysis into analyses.zarr (WB2 layout)")
     backgrounds_zarr: bool = Field(default=False, description="every background into backgrounds.zarr")
     observations: bool = Field(default=False, description="each cycle's ObsSet into observations/cycle_NNNNN.nc")
+    departures: bool = Field(
+        default=False, description="each cycle's per-observation O−B/O−A of station reports into departures/cycle_NNNNN.npz"
+    )
 
 
 class CyclingConfig(DAExperimentConfig):
