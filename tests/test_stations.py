@@ -106,6 +106,11 @@ def test_radiosonde_levels_interpolated_in_ln_p_as_by_hand() -> None:
     row = (table.variable == "geopotentialHeight") & np.isclose(table.pressure, 60000)
     assert table.value[row][0] == pytest.approx(expected(600.0, z) / 9.80665, rel=1e-6)
     assert sorted((table.pressure[table.variable == "specificHumidity"] / 100).tolist()) == [600.0, 850.0]
+    # significant levels never repeat a level of the ascent (BUFR TEMP has one value per level)
+    many = cfg.model_copy(update={"radiosonde": cfg.radiosonde.model_copy(update={"significant_levels": 400})})
+    table = simulate_station_table(many, net, truth, np.datetime64("2000-01-01T12"), grid, layout)
+    keys = list(zip(table.variable.tolist(), table.pressure.tolist(), strict=True))
+    assert len(keys) == len(set(keys)) > 3 * 100
 
 
 def test_surface_reports_types_and_noise_are_deterministic() -> None:

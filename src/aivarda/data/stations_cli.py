@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,9 @@ def report_times(start: str, end: str, interval: str) -> np.ndarray:
 
 
 def write_station_files(cfg: StationNetworkConfig, out: Path, fmt: str, times: np.ndarray, *,
-                        force: bool = False, source=None) -> dict:
-    """Write the files (see the module docstring); returns the manifest."""
+                        force: bool = False, source: Any = None) -> dict[str, Any]:
+    """Write the files (see the module docstring) from ``source`` (default: ``cfg.data``); returns the
+    manifest."""
     from aivarda.data.sources import open_source
     from aivarda.observations.bufr import write_bufr
     from aivarda.observations.ioda import write_ioda
@@ -58,7 +60,6 @@ def write_station_files(cfg: StationNetworkConfig, out: Path, fmt: str, times: n
     grid, layout = source.geometry.grid, source.geometry.layout
     network = generate_network(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    network.write_csv(out / "stations.csv")
     files = []
     for t, path in zip(times, paths, strict=True):
         table = simulate_station_table(cfg, network, source.state(t.astype("datetime64[ns]")), t, grid, layout)
@@ -68,6 +69,7 @@ def write_station_files(cfg: StationNetworkConfig, out: Path, fmt: str, times: n
             write_bufr(table, path, overwrite=force)
         files.append({"file": path.name, "time": str(t), "observations": len(table),
                       "reports": len({(s, bool(np.isfinite(p))) for s, p in zip(table.station.tolist(), table.pressure.tolist(), strict=True)})})
+    network.write_csv(out / "stations.csv")
     manifest = {"format": fmt, "network": cfg.model_dump(mode="json"), "stations": len(network),
                 "land_density_ratio": network.density_ratio(), "files": files}
     atomic_write_json(out / "manifest.json", manifest)

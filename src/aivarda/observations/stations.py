@@ -402,8 +402,8 @@ def _radiosonde_rows(cfg: StationNetworkConfig, net: StationNetwork, rng: np.ran
     variables = [v for v in k.variables if v in layout.upper_air]
     site_l, chan_l, lev_l, sig_l, rt_l = [], [], [], [], []
     for s in range(len(net)):
-        extra = np.exp(rng.uniform(math.log(lo), math.log(hi), k.significant_levels))
-        for p in [*mandatory, *np.round(extra, 1).tolist()]:
+        extra = np.round(np.exp(rng.uniform(math.log(lo), math.log(hi), k.significant_levels)), 1)
+        for p in sorted(set(mandatory) | set(extra.tolist()), reverse=True):  # one value per level, surface first
             on = np.isclose(model, p, rtol=1e-9, atol=0.0)
             nearest = int(np.argmin(np.abs(np.log(model) - math.log(p))))
             for var in variables:
