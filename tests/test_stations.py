@@ -22,6 +22,7 @@ from aivarda.grid import Grid
 from aivarda.observations.config import ObservationConfig
 from aivarda.observations.obsset import ObsSet
 from aivarda.observations.stations import (
+    DEFAULT_CONTINENTS,
     StationNetwork,
     StationNetworkConfig,
     generate_network,
@@ -51,9 +52,12 @@ def test_network_is_deterministic_land_biased_and_withholds_about_15_percent() -
     # land bias measured from the positions: stations per unit area over land ÷ over ocean
     land = land_mask(a.lat, a.lon)
     f = land_area_fraction()
-    assert 0.2 < f < 0.35
+    # quadrature of the mask = the boxes' exact areas (they do not overlap), about Earth's 29 % of land
+    assert f == pytest.approx(sum(b.area_fraction() for b in DEFAULT_CONTINENTS), abs=2e-3)
+    assert 0.27 < f < 0.32
+    assert land_mask(np.array([-80.0, -80.0, 0.0]), np.array([0.0, 200.0, 200.0])).tolist() == [True, True, False]
     density_ratio = (land.sum() / f) / ((~land).sum() / (1 - f))
-    assert density_ratio > 10  # 0.85-0.9 of the sites on 27 % of the area
+    assert density_ratio > 10  # 0.85-0.9 of the sites on 30 % of the area
     assert land.sum() == round(0.85 * 150) + round(0.9 * 600)
     assert density_ratio == pytest.approx(a.density_ratio(), rel=1e-3)
     # whole stations withheld by a seeded choice of ids: ≈ 15 %, deterministic, seed-dependent
@@ -142,6 +146,11 @@ def test_thinning_keeps_the_report_nearest_the_box_centre() -> None:
     assert thinned == 2
     assert sorted(set(kept.station.tolist())) == sorted([int(stations[0]), int(stations[2])])
     assert len(kept) == 4  # whole reports
+    # superobbing: the kept report's values become the box means (A and B share channel 0 and level)
+    values = torch.tensor([1.0, 1.0, 3.0, 3.0, 5.0, 5.0, 9.0, 9.0])
+    superob, _ = thin_reports(obs.replace(value=values), grid, box=1, method="mean")
+    assert superob.value.tolist() == [2.0, 2.0, 7.0, 7.0]
+    assert torch.equal(superob.lat, kept.lat)
 
 
 # ------------------------------------------------------------------------------ config

@@ -108,7 +108,7 @@ def station_window(
         obs = obs.replace(withheld=obs.withheld | torch.as_tensor(held))
     metrics: dict[str, float] = {}
     if config.thinning is not None:
-        obs, thinned = thin_reports(obs, grid, config.thinning.box)
+        obs, thinned = thin_reports(obs, grid, config.thinning.box, config.thinning.method)
         metrics["obs_reports_thinned"] = float(thinned)
     return obs.to(device), metrics
 

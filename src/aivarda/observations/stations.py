@@ -2,7 +2,7 @@
 
 The Held–Suarez world has no land, so the network is placed on a **synthetic continents mask**: a
 handful of latitude/longitude boxes roughly where Earth's continents are (:data:`DEFAULT_CONTINENTS`,
-27 % of the sphere, Earth's land is 29 %). Each kind of station puts ``land_fraction`` of its sites uniformly (by
+30 % of the sphere, like Earth's 29 % of land). Each kind of station puts ``land_fraction`` of its sites uniformly (by
 area) inside the boxes and the rest uniformly over the "ocean" (islands, ships, buoys), so the
 density per unit area is ``(f / A_land) / ((1 − f) / A_ocean)`` times higher over land
 (:meth:`StationNetwork.density_ratio`). Positions come from ``SeedSequence([seed, kind])``: the same
@@ -94,12 +94,15 @@ class ContinentBox(StrictModel):
     def contains(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         lo, hi = self.lon_min % 360.0, self.lon_max % 360.0
         lon = np.mod(lon, 360.0)
-        in_lon = (lon >= lo) & (lon <= hi) if lo <= hi else (lon >= lo) | (lon <= hi)
+        if self.lon_max - self.lon_min >= 360.0:  # a whole latitude band
+            in_lon = np.ones(lon.shape, dtype=bool)
+        else:
+            in_lon = (lon >= lo) & (lon <= hi) if lo <= hi else (lon >= lo) | (lon <= hi)
         return (lat >= self.lat_min) & (lat <= self.lat_max) & in_lon
 
     def area_fraction(self) -> float:
         """Fraction of the sphere's area inside the box."""
-        width = (self.lon_max - self.lon_min) % 360.0 or 360.0
+        width = 360.0 if self.lon_max - self.lon_min >= 360.0 else (self.lon_max - self.lon_min) % 360.0
         return (math.sin(math.radians(self.lat_max)) - math.sin(math.radians(self.lat_min))) / 2.0 * width / 360.0
 
 
@@ -118,7 +121,7 @@ DEFAULT_CONTINENTS: tuple[ContinentBox, ...] = (
     _box("Australia", (-38.0, -14.0), (115.0, 150.0)),
     _box("Antarctica", (-90.0, -72.0), (0.0, 360.0)),
 )
-"""Rough continents (boxes overlap a little; the mask is their union)."""
+"""Rough continents (disjoint boxes; the mask is their union, 30 % of the sphere)."""
 
 
 class StationKindConfig(StrictModel):
@@ -430,13 +433,18 @@ def _surface_rows(cfg: StationNetworkConfig, net: StationNetwork, layout: Channe
 # ---------------------------------------------------------------------------------- thinning
 class ThinningConfig(StrictModel):
     """One report per thinning box and window time: the box is ``box × box`` model grid cells around
-    the grid points; in each box the station nearest to the box's centre point is kept, radiosonde
-    and surface reports separately (a report is thinned whole: a radiosonde keeps its profile)."""
+    the grid points; in each box the report of the station nearest to the box's centre point is
+    kept, radiosonde and surface reports separately (a report is thinned whole: a radiosonde keeps
+    its profile). ``method: mean`` (superobbing) replaces each value of the kept report by the mean
+    of the box's reports' values of the same channel and level (other stations' levels that the kept
+    report lacks are dropped); the position and σ_o stay those of the kept report (σ_o is not divided
+    by √n: nearby stations share representativeness errors)."""
 
     box: int = Field(default=1, ge=1, description="thinning box in model grid cells per side")
+    method: Literal["nearest", "mean"] = Field(default="nearest", description="nearest: thin; mean: superob")
 
 
-def thin_reports(obs: ObsSet, grid: Grid, box: int) -> tuple[ObsSet, int]:
+def thin_reports(obs: ObsSet, grid: Grid, box: int, method: str = "nearest") -> tuple[ObsSet, int]:
     """``(kept observations, number of reports thinned away)``; see :class:`ThinningConfig`.
 
     A report is the observations of one station (or, without a station id, one position) at one
@@ -471,7 +479,19 @@ def thin_reports(obs: ObsSet, grid: Grid, box: int) -> tuple[ObsSet, int]:
     winners = {tuple(r) for r in report[order[first]].tolist()}
     keep = np.fromiter((tuple(r) in winners for r in report.tolist()), dtype=bool, count=n)
     n_reports = len({tuple(r) for r in report.tolist()})
+    if method == "mean":
+        obs = obs.replace(value=torch.as_tensor(_box_means(obs, group), dtype=obs.value.dtype, device=obs.device))
     return obs.select(torch.as_tensor(keep, device=obs.device)), n_reports - len(winners)
+
+
+def _box_means(obs: ObsSet, group: np.ndarray) -> np.ndarray:
+    """Mean value per (box, window time, kind, channel, level) at every observation."""
+    level = np.nan_to_num(obs.level.cpu().numpy(), nan=-1.0)
+    key = np.column_stack([group, obs.channel.cpu().numpy(), np.round(level * 100).astype(np.int64)])
+    _, inverse = np.unique(key, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    value = obs.value.double().cpu().numpy()
+    return (np.bincount(inverse, weights=value) / np.bincount(inverse))[inverse]
 
 
 def _great_circle(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
