@@ -216,9 +216,9 @@ class CyclingRunner:
         scores = state_scores(self.geometry, truth_window[0], x_b, x_a, self.stats.std)
         baselines = baseline_scores(self.grid, truth_window[0], previous_truth, self.climatology, layout.names,
                                     self.stats.std)
-        departures = {"O-B": wa.background_window, "O-A": wa.analysis_window}
-        obs_space = observation_space(wa.observations, self.geometry, departures, cfg.observations.operator)
-        by_report = departure_columns(wa.observations, self.geometry, departures, cfg.observations.operator)
+        windows = {"O-B": wa.background_window, "O-A": wa.analysis_window}
+        obs_space = observation_space(wa.observations, self.geometry, windows, cfg.observations.operator)
+        by_report = departure_columns(wa.observations, self.geometry, windows, cfg.observations.operator)
         wall["observations"] += wallclock.perf_counter() - tic
 
         forecast_now = cfg.forecast.every > 0 and n % cfg.forecast.every == 0
@@ -252,7 +252,7 @@ class CyclingRunner:
                                               window_offsets=window.offsets))
         if cfg.outputs.departures:
             write_departures(self.out / "departures" / f"cycle_{n:05d}.npz",
-                             departure_record(wa.observations, self.geometry, departures, cfg.observations.operator))
+                             departure_record(wa.observations, self.geometry, windows, cfg.observations.operator))
         time_text = str(np.datetime64(t, "s"))
         write_states(self.out / "last_cycle.nc", grid, layout,
                      {"background": x_b, "analysis": x_a, "truth": truth_window[0]},
