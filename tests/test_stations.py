@@ -332,6 +332,12 @@ def test_exp_3dvar_stations_config_is_valid() -> None:
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "exp_3DVar_stations.yaml", CyclingConfig)
     assert cfg.observations.source == "files" and cfg.observations.withhold == 0.15
+    from datetime import datetime
+
+    from aivarda.paths import aivarda_home
+
+    # the file the docs' `aivarda data stations ... --out ${AIVARDA_HOME}/obs/stations_ioda` writes
+    assert cfg.observations.file_for(datetime(2000, 8, 1, 6)) == aivarda_home() / "obs" / "stations_ioda" / "2000080106.nc4"
     assert len(cfg.cycle_times()) == 124
     net = load_config(root / "configs" / "stations" / "network.yaml", StationNetworkConfig)
     assert net.radiosonde.count == 150 and net.surface.count == 600
@@ -339,3 +345,23 @@ def test_exp_3dvar_stations_config_is_valid() -> None:
         from aivarda.data.stations_cli import report_times
 
         report_times("2000-01-02T00", "2000-01-01T00", "6h")
+
+
+def test_reports_go_to_the_nearest_window_time_and_keep_their_own_time() -> None:
+    from aivarda.observations.sources import station_window
+    from aivarda.observations.table import ObsTable
+
+    grid = Grid.equiangular(9, 16)
+    layout = ChannelLayout(("t2m",), ("t",), (500, 850))
+    t0 = np.datetime64("2000-01-01T00:00:00")
+    times = t0 + np.array([50, 130, 170, 400], dtype="timedelta64[m]")  # 0:50, 2:10, 2:50, 6:40
+    table = ObsTable.create(["airTemperatureAt2M"] * 4, times, [10.0] * 4, [20.0, 40.0, 60.0, 80.0],
+                            [280.0] * 4, error=[1.0] * 4, station=["60001", "60002", "60003", "60004"])
+    offsets = [np.timedelta64(h, "h") for h in (0, 1, 2, 3)]  # an FGAT-like window of hourly times
+    obs, _ = station_window(table, ObservationConfig(source="files", path="x/{time:%H}.nc4"), layout, grid, t0,
+                            offsets, seed=0, device="cpu")
+    assert obs.time_index.tolist() == [1, 2, 3]  # 6:40 is outside the window: left out
+    assert obs.time_offset_hours.tolist() == pytest.approx([50 / 60, 130 / 60, 170 / 60])
+    one, _ = station_window(table, ObservationConfig(source="files", path="x/{time:%H}.nc4"), layout, grid, t0,
+                            offsets[:1], seed=0, device="cpu")
+    assert one.time_index.tolist() == [0, 0, 0]  # 3DVar: ±3 h around the analysis time
