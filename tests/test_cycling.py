@@ -250,7 +250,7 @@ def test_missing_truth_is_one_clear_error(cycling_store: Path, tmp_path: Path, c
 def test_shipped_experiment_configs_validate(path: Path) -> None:
     cfg = load_config(path, CyclingConfig)
     assert len(cfg.cycle_times()) == 124
-    assert cfg.observations.fraction == 0.05 or cfg.observations.mode == "fixed"
+    assert cfg.observations.fraction == 0.05 or cfg.observations.mode == "fixed" or cfg.observations.source != "simulate"
     assert cfg.assimilation.method in ("none", "3dvar", "3dvar-fgat", "4dvar", "3denvar", "4denvar", "letkf")
 
 

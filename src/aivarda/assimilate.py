@@ -112,7 +112,7 @@ def run_single_analysis(cfg: AnalyseConfig, *, progress: bool = True) -> SingleA
     x_b = full.state(window.start - to_timedelta64(cfg.background.lag))
     io_seconds = wallclock.perf_counter() - t0
 
-    obs = parts.simulator.simulate(truth_window, window.offset_hours, cycle=0)
+    obs = parts.observations.observe(truth_window, window.start, window.offsets, cycle=0)
     wa = analyse_window(method, x_b, obs, geometry, cfg.observations, parts.transform, parts.background_std,
                         window, parts.window_model, progress)
     result = wa.result

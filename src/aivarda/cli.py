@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=_handler("aivarda.data.nature_run_cli:restart_main"))
 
+    p = data.add_parser("stations", help="observation files (IODA or BUFR) of a synthetic station network from the truth")
+    p.add_argument("config", type=Path, help="station network YAML (e.g. configs/stations/network.yaml)")
+    p.add_argument("--format", choices=("ioda", "bufr"), default="ioda")
+    p.add_argument("--out", type=Path, required=True, help="folder of the files ({time:%%Y%%m%%d%%H}.nc4 / .bufr)")
+    p.add_argument("--start", required=True, help="first report time, e.g. 2000-08-01T00")
+    p.add_argument("--end", required=True, help="last report time (inclusive)")
+    p.add_argument("--interval", default="6h", help="spacing of the files (default 6h)")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(func=_handler("aivarda.data.stations_cli:main"))
+
     p = data.add_parser("describe", help="channels, grid, time range and per-channel statistics of a store")
     p.add_argument("store", type=Path)
     _add_json(p)

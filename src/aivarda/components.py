@@ -8,7 +8,9 @@ system, the method, its window model); :func:`build_components` turns it into bu
   needs one, its window model (checked against the data's geometry);
 - the normalisation statistics (computed on ``statistics_span``, by default the store's ``train``
   span, never on the period a run scores), the per-channel background-error std σ_b (std of
-  differences of the truth ``error_hours`` apart) and the observation simulator;
+  differences of the truth ``error_hours`` apart) and the observation source of
+  ``observations.source`` (the grid simulator, a station network, or files;
+  :mod:`aivarda.observations.sources`);
 - the background-error model (control transform), built once; a B whose config declares
   ``needs_ensemble`` is updated with the members every cycle through the method.
 
@@ -48,7 +50,7 @@ from aivarda.models.checkpoint import load_forecast_model
 from aivarda.models.config import ModelConfig
 from aivarda.normstats import NormStats
 from aivarda.observations.config import ObservationConfig
-from aivarda.observations.simulator import ObservationSimulator
+from aivarda.observations.sources import ObservationSource, build_observation_source
 
 
 class DAExperimentConfig(ExperimentConfig):
@@ -94,7 +96,7 @@ class Components:
     window_model: ForecastModel | None
     stats: NormStats
     background_std: Tensor
-    simulator: ObservationSimulator
+    observations: ObservationSource  # observe(truth_window, analysis_time, window_offsets, cycle) → ObsSet
     transform: ControlTransform
     b_needs_ensemble: bool
 
@@ -139,11 +141,11 @@ def build_components(
             raise ConfigError(f"statistics_span: {exc} (set statistics_span: null to use the whole store)") from None
     stats = load_or_compute_norm_stats(stats_source, diff_hours=error_hours, progress=progress)
     background_std = stats.diff_std.to(device, torch.float32)
-    simulator = ObservationSimulator(cfg.observations, geometry.grid, geometry.layout, stats.std, seed=cfg.seed)
+    observations = build_observation_source(cfg.observations, geometry.grid, geometry.layout, stats.std, cfg.seed)
     b_cfg = cfg.assimilation.background_error
     context = TransformContext(geometry.state_shape, torch.float32, geometry, background_std)
     transform = build_transform(b_cfg, context)
-    return Components(source, stats_source, geometry, method, window_model, stats, background_std, simulator,
+    return Components(source, stats_source, geometry, method, window_model, stats, background_std, observations,
                       transform, b_needs_ensemble)
 
 

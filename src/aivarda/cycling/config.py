@@ -74,6 +74,9 @@ class OutputsConfig(StrictModel):
         description="every scored forecast (forecast.every) as fields into forecasts.zarr, in the WeatherBench2 "
                     "forecast layout (time = initialisation time, prediction_timedelta = 0 … forecast.lead)",
     )
+    departures: bool = Field(
+        default=False, description="each cycle's per-observation O−B/O−A of station reports into departures/cycle_NNNNN.npz"
+    )
 
 
 class CyclingConfig(DAExperimentConfig):

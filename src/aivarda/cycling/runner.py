@@ -9,14 +9,16 @@ Cycle ``n`` at ``t_n = start_time + n·cycle_time``:
    ``gap`` cycles earlier), and the members valid at ``t_n`` when the method or the B needs them;
    a method whose ``needs.ensemble_source`` is ``"own"`` (an LETKF) cycles its own ensemble
    instead: its members are the one-cycle forecasts of its analysis members and ``x_b`` their mean;
-2. observations of the truth at the method's window times, simulated with
-   ``SeedSequence([seed, n])`` (the same draws when a run is resumed), quality-controlled against
-   the method's background window;
+2. the window's observations from the observation source (``observations.source``: simulated
+   from the truth at the method's window times with ``SeedSequence([seed, n])``, the same draws
+   when a run is resumed, from a station network, or read from the cycle's file;
+   :mod:`aivarda.observations.sources`), quality-controlled against the method's background window;
 3. a B that declares it needs the ensemble is updated with the members through the method (its
    wall time ``wall_b_update``; a :class:`~aivarda.background.transforms.ReportingTransform`'s
    numbers as ``b_<name>`` columns);
 4. ``x_a = x_b + U z*`` by the method (:func:`aivarda.assimilation.analysis.analyse_window`);
-5. scores against the truth and in observation space (O−B, O−A, withheld observations), the
+5. scores against the truth and in observation space (O−B, O−A, withheld observations; by report
+   type and variable for station reports, :mod:`aivarda.evaluation.station_stats`), the
    minimiser's diagnostics and the wall time of each stage;
 6. forecasts of ``x_a`` for 1…``dynamic_member`` cycles into the ensemble store (1 cycle, the next
    background, when neither the method nor its B uses the ensemble; ``"own"``: the
@@ -61,6 +63,7 @@ from aivarda.errors import DataError
 from aivarda.evaluation.diagnostics import minimizer_summary, observation_space, state_scores
 from aivarda.evaluation.metrics import baseline_scores
 from aivarda.evaluation.provenance import code_provenance
+from aivarda.evaluation.station_stats import departure_columns, departure_record, write_departures
 from aivarda.files import atomic_write, atomic_write_json
 from aivarda.models.base import iterate_trajectory
 from aivarda.provenance import TimeSpan
@@ -231,7 +234,7 @@ class CyclingRunner:
         self.hook(n, "background")
 
         tic = wallclock.perf_counter()
-        obs = self.parts.simulator.simulate(truth_window, window.offset_hours, cycle=n)
+        obs = self.parts.observations.observe(truth_window, window.start, window.offsets, cycle=n)
         wall["observations"] += wallclock.perf_counter() - tic
         self.hook(n, "observations")
 
@@ -256,9 +259,9 @@ class CyclingRunner:
         scores = state_scores(self.geometry, truth_window[0], x_b, x_a, self.stats.std)
         baselines = baseline_scores(self.grid, truth_window[0], previous_truth, self.climatology, layout.names,
                                     self.stats.std)
-        obs_space = observation_space(wa.observations, self.geometry,
-                                      {"O-B": wa.background_window, "O-A": wa.analysis_window},
-                                      cfg.observations.operator)
+        windows = {"O-B": wa.background_window, "O-A": wa.analysis_window}
+        obs_space = observation_space(wa.observations, self.geometry, windows, cfg.observations.operator)
+        by_report = departure_columns(wa.observations, self.geometry, windows, cfg.observations.operator)
         wall["observations"] += wallclock.perf_counter() - tic
 
         forecast_now = cfg.forecast.every > 0 and n % cfg.forecast.every == 0
@@ -291,6 +294,9 @@ class CyclingRunner:
             atomic_write(self.out / "observations" / f"cycle_{n:05d}.nc",
                          lambda tmp: save_obs(wa.observations, tmp, layout, analysis_time=window.start,
                                               window_offsets=window.offsets))
+        if cfg.outputs.departures:
+            write_departures(self.out / "departures" / f"cycle_{n:05d}.npz",
+                             departure_record(wa.observations, self.geometry, windows, cfg.observations.operator))
         time_text = str(np.datetime64(t, "s"))
         write_states(self.out / "last_cycle.nc", grid, layout,
                      {"background": x_b, "analysis": x_a, "truth": truth_window[0]}, t,
@@ -301,6 +307,8 @@ class CyclingRunner:
         wall["total"] = wallclock.perf_counter() - start
         row = metrics_row(n, t, self.method.name, scores, wa.observations.counts(), obs_space,
                           minimizer_summary(wa.result), wall, baselines=baselines, background_error=b_numbers)
+        row.update(self.parts.observations.cycle_metrics())
+        row.update(by_report)
         return {"row": row, "forecast": forecast}
 
     def _forecasts(self, x_a: Tensor, t: np.datetime64, n_scored: int, wall: dict[str, float],

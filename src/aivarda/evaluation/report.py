@@ -59,6 +59,7 @@ from aivarda.evaluation.bootstrap import (
 )
 from aivarda.evaluation.metrics import time_mean_rmse
 from aivarda.evaluation.provenance import canonical_json, code_provenance, footer, run_provenance
+from aivarda.evaluation.station_stats import format_departures, summarise_departures
 from aivarda.files import check_writable_dir, read_checked_json
 
 HEADLINE_CHANNELS = ("z500", "t850", "u500", "q500", "t2m")
@@ -235,6 +236,9 @@ def run_summary(run: RunData) -> dict[str, Any]:
         out["baselines"] = baselines
     if run.forecast_rows:
         out["forecast_rmse"], out["forecast_samples"] = forecast_summary(run.forecast_rows)
+    by_report = summarise_departures(run.rows)  # station reports: O−B / O−A by report type and variable
+    if by_report:
+        out["obs_by_report"] = by_report
     return out
 
 
@@ -285,6 +289,8 @@ def format_table(runs: list[RunData], summaries: list[dict[str, Any]] | None = N
             cells.append("-" if n is None else f"{n:.0f}")
         lines.append(f"{s['name']:<{width}} " + " ".join(f"{c:>12}" for c in cells))
     lines.extend(_forecast_lines(summaries, width))
+    for s in summaries:
+        lines.extend(format_departures(s["name"], s.get("obs_by_report", {})))
     lines.append("")
     provenance = provenance if provenance is not None else code_provenance()
     lines.append(footer(provenance, summaries))
@@ -509,6 +515,26 @@ def plot_report(runs: list[RunData], out: Path) -> list[Path]:
         ax = plot_map(inc, grid, title=f"{r.name}: increment z500 at {when}", units="m² s⁻²",
                       cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         figures.append(save_figure(ax, out / f"increment_{r.name}_z500.png"))
+    figures.extend(_station_maps(runs, out))
+    return figures
+
+
+def _station_maps(runs: list[RunData], out: Path) -> list[Path]:
+    """Per-station maps of the mean O−B (t850-like: t, and t2m) of runs with ``departures/``."""
+    from aivarda.evaluation.station_stats import plot_station_departures
+
+    figures: list[Path] = []
+    for r in runs:
+        if not (r.path / "departures").is_dir() or not (r.path / "last_cycle.nc").is_file():
+            continue
+        import xarray as xr
+
+        with xr.open_dataset(r.path / "last_cycle.nc", engine="h5netcdf") as ds:
+            names = [str(c) for c in ds["channel"].values]
+        for var in ("t", "t2m"):
+            png = plot_station_departures(r.path, out / f"omb_stations_{r.name}_{var}.png", var, names)
+            if png is not None:
+                figures.append(png)
     return figures
 
 

@@ -10,21 +10,41 @@ Example::
       error_scale: {t: 0.25, t2m: 0.25}
       withhold: 0.15          # fraction of the columns kept for verification
       qc: {background_k: 5.0}
+
+Where they come from (``source``): ``simulate`` (the default: the simulator above, from the truth
+window), ``stations`` (the station network of ``network``, simulated in memory;
+:mod:`aivarda.observations.stations`) or ``files`` (one observation file per cycle, any format of
+:func:`aivarda.observations.io.read_table` by its suffix; :mod:`aivarda.observations.sources`)::
+
+    observations:
+      source: files
+      path: obs/{time:%Y%m%d%H}.nc4        # or path: obs, pattern: "{time:%Y%m%d%H}.bufr"
+      missing: error                       # or skip: a cycle without its file has no observations
+      error_std: {t: 1.0, u: 2.0, ...}     # σ_o for files without errors (BUFR)
+      withhold: 0.15                       # fraction of the station ids kept for verification
+      thinning: {box: 1}                   # one report per grid box and window time
 """
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from aivarda.channels import SURFACE_VARIABLES, UPPER_AIR_VARIABLES, ChannelLayout
 from aivarda.config import StrictModel
 from aivarda.errors import AivardaError
 from aivarda.observations.registry import InterpolationConfig, OperatorConfig, parse_operator_config
+from aivarda.observations.stations import ThinningConfig
 
 ObservationMode = Literal["random", "fixed", "grid", "offgrid"]
+ObservationSourceName = Literal["simulate", "stations", "files"]
+SIMULATION_KEYS = ("mode", "fraction", "count", "n_stations", "stations_file", "grid_stride", "mask_file", "channels",
+                   "pressure_levels", "times", "error_fraction", "error_scale", "noise")
+"""Keys of the grid simulator (``source: simulate``) only."""
 
 KNOWN_VARIABLES = sorted(SURFACE_VARIABLES) + sorted(UPPER_AIR_VARIABLES)
 
@@ -112,6 +132,62 @@ class ObservationConfig(StrictModel):
     operator: SerializeAsAny[OperatorConfig] = Field(
         default_factory=InterpolationConfig, description="observation operator H: {type: interpolation, ...}"
     )
+    source: ObservationSourceName = Field(
+        default="simulate", description="simulate: the grid simulator; stations: the station network of `network`; "
+        "files: one observation file per cycle (`path`)"
+    )
+    network: Path | None = Field(default=None, description="stations: the station network YAML")
+    path: Path | None = Field(
+        default=None, description="files: the file of a cycle with {time:%Y%m%d%H}-style fields, or the folder of `pattern`"
+    )
+    pattern: str | None = Field(default=None, description="files: the file name inside `path`, e.g. {time:%Y%m%d%H}.nc4")
+    missing: Literal["error", "skip"] = Field(
+        default="error", description="files: a missing file is an error, or (skip) a cycle without observations"
+    )
+    thinning: ThinningConfig | None = Field(default=None, description="stations/files: one report per box and time")
+
+    @model_validator(mode="after")
+    def _source(self) -> ObservationConfig:
+        given = self.model_fields_set
+        if self.source != "simulate":
+            extra = [k for k in SIMULATION_KEYS if k in given]
+            if extra:
+                raise ValueError(f"{extra} only apply to source: simulate (the grid simulator), not source: {self.source}")
+        elif self.thinning is not None:
+            raise ValueError("thinning applies to station reports (source: stations or files), not source: simulate")
+        if (self.network is not None) != (self.source == "stations"):
+            raise ValueError("source: stations needs network: FILE (a station network YAML), and only it takes one")
+        if self.source == "stations" and "error_std" in given:
+            raise ValueError("source: stations takes σ_o from the network's error_std")
+        files_keys = [k for k in ("path", "pattern") if getattr(self, k) is not None]
+        if self.source != "files" and (files_keys or "missing" in given):
+            raise ValueError(f"{files_keys or ['missing']} only apply to source: files")
+        if self.source == "files":
+            if self.path is None:
+                raise ValueError("source: files needs path (e.g. obs/{time:%Y%m%d%H}.nc4, or a folder and a pattern)")
+            template = str(self.path) if self.pattern is None else self.pattern
+            template = re.sub(r"\$\{\w+\}", "", template)  # ${AIVARDA_HOME} is expanded when the config is loaded
+            try:
+                template.format(time=datetime(2000, 1, 1))
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"file template {template!r}: only {{time:FORMAT}} fields are allowed ({exc})") from None
+            if "{time" not in template:
+                raise ValueError(f"file template {template!r} needs a {{time:%Y%m%d%H}} field (one file per cycle)")
+        return self
+
+    def file_for(self, time: datetime) -> Path:
+        """``source: files``: the observation file of the cycle at ``time``."""
+        assert self.path is not None
+        if self.pattern is None:
+            return Path(str(self.path).format(time=time))
+        return self.path / self.pattern.format(time=time)
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, v: Path | None) -> Path | None:
+        if v is not None and v.is_absolute() and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
 
     @field_validator("stations_file", "mask_file")
     @classmethod
