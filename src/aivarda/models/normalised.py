@@ -19,7 +19,6 @@ activation.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Mapping
 from typing import Any
 
