@@ -4,31 +4,15 @@ to one reverse pass per row, config selection, guards and the fallback."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
+from test_cost import DT, Obs, random_spd  # the shared toy observations and SPD matrices
 
 from aivarda.assimilation import AnalysisProblem, Minimizer, ModelPropagation, VariationalCost, Window, build_method
 from aivarda.background import DenseSqrtTransform, IdentityTransform
 from aivarda.errors import ConfigError
 from aivarda.models.lorenz96 import Lorenz96
-
-DT = torch.float64
-
-
-@dataclass
-class Obs:
-    value: torch.Tensor
-    error_std: torch.Tensor
-    time_index: torch.Tensor
-
-
-def random_spd(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(n, n, generator=g, dtype=DT)
-    return a @ a.T / n + 0.1 * torch.eye(n, dtype=DT)
 
 
 def test_one_step_is_the_analytic_3dvar_minimum() -> None:
