@@ -246,10 +246,10 @@ def test_cycling_from_ioda_files_equals_cycling_from_the_simulated_network(stati
 
 
 def _last_cycle(run: Path) -> dict[str, np.ndarray]:
-    import xarray as xr
+    from aivarda.data.cf import read_states
 
-    with xr.open_dataset(run / "last_cycle.nc", engine="h5netcdf") as ds:
-        return {k: ds[k].values for k in ("background", "analysis")}
+    states, *_ = read_states(run / "last_cycle.nc")
+    return {k: states[k] for k in ("background", "analysis")}
 
 
 def test_cycling_from_bufr_files_matches_to_bufr_precision(station_runs: dict[str, Path]) -> None:
