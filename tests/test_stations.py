@@ -365,3 +365,14 @@ def test_reports_go_to_the_nearest_window_time_and_keep_their_own_time() -> None
     one, _ = station_window(table, ObservationConfig(source="files", path="x/{time:%H}.nc4"), layout, grid, t0,
                             offsets[:1], seed=0, device="cpu")
     assert one.time_index.tolist() == [0, 0, 0]  # 3DVar: ±3 h around the analysis time
+
+
+def test_report_draws_the_station_maps_of_a_run(station_runs: dict[str, Path]) -> None:
+    """``aivarda report``'s figures include the per-station O−B maps of a run with departures."""
+    from aivarda.evaluation.report import load_run, plot_report
+
+    run = load_run(station_runs["ioda"])
+    figures = plot_report([run], station_runs["tmp"] / "report_maps")
+    names = {p.name for p in figures}
+    assert {f"omb_stations_{run.name}_t.png", f"omb_stations_{run.name}_t2m.png"} <= names
+    assert all(p.is_file() and p.stat().st_size > 0 for p in figures)

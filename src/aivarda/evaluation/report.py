@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from aivarda.channels import ChannelLayout
 from aivarda.config import check_name
 from aivarda.errors import ConfigError, DataError
 from aivarda.evaluation.bootstrap import (
@@ -530,7 +531,10 @@ def _station_maps(runs: list[RunData], out: Path) -> list[Path]:
         import xarray as xr
 
         with xr.open_dataset(r.path / "last_cycle.nc", engine="h5netcdf") as ds:
-            names = [str(c) for c in ds["channel"].values]
+            if "channel" in ds.dims:  # written before the CF layout (aivarda.data.cf)
+                names = [str(c) for c in ds["channel"].values]
+            else:
+                names = list(ChannelLayout.from_dict(json.loads(ds.attrs["aivarda_channels"])).names)
         for var in ("t", "t2m"):
             png = plot_station_departures(r.path, out / f"omb_stations_{r.name}_{var}.png", var, names)
             if png is not None:
