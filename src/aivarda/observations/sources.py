@@ -52,6 +52,7 @@ from aivarda.observations.stations import (
     withheld_stations,
 )
 from aivarda.observations.table import ObsTable, decode_station_ids
+from aivarda.timeaxis import hours
 
 
 class ObservationSource(Protocol):
@@ -66,7 +67,7 @@ class ObservationSource(Protocol):
 
 
 def _hours(offsets: Sequence[np.timedelta64]) -> list[float]:
-    return [float(np.timedelta64(o, "s") / np.timedelta64(1, "h")) for o in offsets]
+    return [hours(o) for o in offsets]
 
 
 class SimulatedObservations:
