@@ -168,6 +168,28 @@ def _set(ec: Any, h: Any, key: str, values: np.ndarray, integer: bool = False) -
         ec.codes_set_array(h, key, arr.astype(np.float64))
 
 
+def _start_message(ec: Any, h: Any, category: tuple[int, int], template: int, station: str, ident_key: str, *,
+                   delayed: list[int], extended: list[int] | None = None) -> None:
+    """The section-1 category, one uncompressed observed subset, the template (replication factors
+    first, as ecCodes expands the descriptors when they are set) and the station: WMO block/station
+    numbers, or the identifier under ``ident_key``."""
+    ec.codes_set(h, "dataCategory", category[0])
+    ec.codes_set(h, "internationalDataSubCategory", category[1])
+    ec.codes_set(h, "numberOfSubsets", 1)
+    ec.codes_set(h, "observedData", 1)
+    ec.codes_set(h, "compressedData", 0)
+    if extended is not None:
+        ec.codes_set_array(h, "inputExtendedDelayedDescriptorReplicationFactor", extended)
+    ec.codes_set_array(h, "inputDelayedDescriptorReplicationFactor", delayed)
+    ec.codes_set_array(h, "unexpandedDescriptors", [template])
+    block, number, ident = _station_keys(station)
+    if block is not None:
+        ec.codes_set(h, "blockNumber", block)
+        ec.codes_set(h, "stationNumber", number)
+    elif ident:
+        ec.codes_set(h, ident_key, ident)
+
+
 def _encode_temp(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, path: Path) -> bytes:
     station, t = table.station[sel[0]], table.time[sel[0]]
     where = f"{path}: TEMP report of station {station!r} at {t}"
@@ -193,20 +215,8 @@ def _encode_temp(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, p
     dlon = (lon - lon0 + 180.0) % 360.0 - 180.0
     h = ec.codes_bufr_new_from_samples("BUFR4")
     try:
-        ec.codes_set(h, "dataCategory", 2)
-        ec.codes_set(h, "internationalDataSubCategory", 4)
-        ec.codes_set(h, "numberOfSubsets", 1)
-        ec.codes_set(h, "observedData", 1)
-        ec.codes_set(h, "compressedData", 0)
-        ec.codes_set_array(h, "inputExtendedDelayedDescriptorReplicationFactor", [levels.size])
-        ec.codes_set_array(h, "inputDelayedDescriptorReplicationFactor", [0])
-        ec.codes_set_array(h, "unexpandedDescriptors", [TEMP_TEMPLATE])
-        block, number, ident = _station_keys(station)
-        if block is not None:
-            ec.codes_set(h, "blockNumber", block)
-            ec.codes_set(h, "stationNumber", number)
-        elif ident:
-            ec.codes_set(h, "shipOrMobileLandStationIdentifier", ident)
+        _start_message(ec, h, (2, 4), TEMP_TEMPLATE, station, "shipOrMobileLandStationIdentifier",
+                       delayed=[0], extended=[levels.size])
         _set_time_header(ec, h, t, with_seconds=True)
         ec.codes_set(h, "latitude", float(lat[0]))
         ec.codes_set(h, "longitude", float((lon0 + 180.0) % 360.0 - 180.0))
@@ -242,19 +252,7 @@ def _encode_synop(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, 
     direction, speed = wind_to_direction_speed(u, v)
     h = ec.codes_bufr_new_from_samples("BUFR4")
     try:
-        ec.codes_set(h, "dataCategory", 0)
-        ec.codes_set(h, "internationalDataSubCategory", 0)
-        ec.codes_set(h, "numberOfSubsets", 1)
-        ec.codes_set(h, "observedData", 1)
-        ec.codes_set(h, "compressedData", 0)
-        ec.codes_set_array(h, "inputDelayedDescriptorReplicationFactor", [0, 0])
-        ec.codes_set_array(h, "unexpandedDescriptors", [SYNOP_TEMPLATE])
-        block, number, ident = _station_keys(station)
-        if block is not None:
-            ec.codes_set(h, "blockNumber", block)
-            ec.codes_set(h, "stationNumber", number)
-        elif ident:
-            ec.codes_set(h, "stationOrSiteName", ident)
+        _start_message(ec, h, (0, 0), SYNOP_TEMPLATE, station, "stationOrSiteName", delayed=[0, 0])
         _set_time_header(ec, h, t, with_seconds=False)
         ec.codes_set(h, "latitude", lat)
         ec.codes_set(h, "longitude", (lon + 180.0) % 360.0 - 180.0)
