@@ -32,7 +32,7 @@ ecCodes library); a missing install is one clear error.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,20 @@ def _start_message(ec: Any, h: Any, category: tuple[int, int], template: int, st
         ec.codes_set(h, ident_key, ident)
 
 
+def _encoded(ec: Any, where: str, fill: Callable[[Any], None]) -> bytes:
+    """A new BUFR4 message filled by ``fill(handle)`` and packed; an ecCodes error is one
+    ObservationError naming ``where``; the handle is always released."""
+    h = ec.codes_bufr_new_from_samples("BUFR4")
+    try:
+        fill(h)
+        ec.codes_set(h, "pack", 1)
+        return ec.codes_get_message(h)
+    except ec.CodesInternalError as exc:
+        raise ObservationError(f"{where}: ecCodes could not encode it ({exc})") from None
+    finally:
+        ec.codes_release(h)
+
+
 def _encode_temp(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, path: Path) -> bytes:
     station, t = table.station[sel[0]], table.time[sel[0]]
     where = f"{path}: TEMP report of station {station!r} at {t}"
@@ -213,8 +227,8 @@ def _encode_temp(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, p
     direction, speed = wind_to_direction_speed(u, v)
     lon0 = lon[0]
     dlon = (lon - lon0 + 180.0) % 360.0 - 180.0
-    h = ec.codes_bufr_new_from_samples("BUFR4")
-    try:
+
+    def fill(h: Any) -> None:
         _start_message(ec, h, (2, 4), TEMP_TEMPLATE, station, "shipOrMobileLandStationIdentifier",
                        delayed=[0], extended=[levels.size])
         _set_time_header(ec, h, t, with_seconds=True)
@@ -230,12 +244,8 @@ def _encode_temp(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, p
             np.where(q > 0, q, 1.0), levels), np.nan))
         _set(ec, h, "windDirection", direction, integer=True)
         _set(ec, h, "windSpeed", speed)
-        ec.codes_set(h, "pack", 1)
-        return ec.codes_get_message(h)
-    except ec.CodesInternalError as exc:
-        raise ObservationError(f"{where}: ecCodes could not encode it ({exc})") from None
-    finally:
-        ec.codes_release(h)
+
+    return _encoded(ec, where, fill)
 
 
 def _encode_synop(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, path: Path) -> bytes:
@@ -250,8 +260,8 @@ def _encode_synop(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, 
     if np.isfinite(u[0]) != np.isfinite(v[0]):
         raise ObservationError(f"{where}: BUFR carries wind as direction and speed; give both 10 m components")
     direction, speed = wind_to_direction_speed(u, v)
-    h = ec.codes_bufr_new_from_samples("BUFR4")
-    try:
+
+    def fill(h: Any) -> None:
         _start_message(ec, h, (0, 0), SYNOP_TEMPLATE, station, "stationOrSiteName", delayed=[0, 0])
         _set_time_header(ec, h, t, with_seconds=False)
         ec.codes_set(h, "latitude", lat)
@@ -263,12 +273,8 @@ def _encode_synop(ec: Any, table: ObsTable, names: np.ndarray, sel: np.ndarray, 
         ec.codes_set(h, "#7#heightOfSensorAboveLocalGroundOrDeckOfMarinePlatform", 10.0)
         _set(ec, h, "#1#windDirection", direction, integer=True)
         _set(ec, h, "#1#windSpeed", speed)
-        ec.codes_set(h, "pack", 1)
-        return ec.codes_get_message(h)
-    except ec.CodesInternalError as exc:
-        raise ObservationError(f"{where}: ecCodes could not encode it ({exc})") from None
-    finally:
-        ec.codes_release(h)
+
+    return _encoded(ec, where, fill)
 
 
 # ------------------------------------------------------------------------------ read
