@@ -337,13 +337,7 @@ def run_envar_transform(exp: Experiment, scored_cycles: int, seed: int, config: 
     t_start = time.perf_counter()
     sigma = torch.ones(N_VARS, dtype=torch.float64)
     n = exp.ensemble_size
-    ensemble_b = EnsembleTransform(CircleLocalisation(N_VARS, exp.b_loc or None), members_expected=n)
-    transform: EnsembleTransform | HybridTransform = ensemble_b
-    if exp.static_weight > 0:
-        static = DenseSqrtTransform(exp.x_b * torch.cov(truth.T), (N_VARS,), "symmetric")
-        transform = HybridTransform(static, ensemble_b, exp.static_weight, 1.0 - exp.static_weight)
-    section = {**{k: v for k, v in config.items() if k != "checkpointing"}, "method": exp.method,
-               "background_error": {"type": "hybrid", "static": {"type": "identity"}}}  # U is built above
+    transform, section = envar_background_error(exp, truth, config)
 
     x = torch.zeros(N_VARS, dtype=torch.float64)
     x[0] = 1.0  # DAPPER's X0.mu, as the variational experiments
@@ -399,6 +393,20 @@ def run_envar_transform(exp: Experiment, scored_cycles: int, seed: int, config: 
     return result_row(exp, exp.settings, errors, burn_in, t_start, iterations, fallbacks, not_converged)
 
 
+def envar_background_error(exp: Experiment, truth: torch.Tensor,
+                           config: dict) -> tuple[EnsembleTransform | HybridTransform, dict]:
+    """The EnVar rows' U (the localised ensemble B, or the hybrid with ``x_b · cov(truth)`` when
+    ``static_weight > 0``) and the method's config section (U is built here, not from the section)."""
+    ensemble_b = EnsembleTransform(CircleLocalisation(N_VARS, exp.b_loc or None), members_expected=exp.ensemble_size)
+    transform: EnsembleTransform | HybridTransform = ensemble_b
+    if exp.static_weight > 0:
+        static = DenseSqrtTransform(exp.x_b * torch.cov(truth.T), (N_VARS,), "symmetric")
+        transform = HybridTransform(static, ensemble_b, exp.static_weight, 1.0 - exp.static_weight)
+    section = {**{k: v for k, v in config.items() if k != "checkpointing"}, "method": exp.method,
+               "background_error": {"type": "hybrid", "static": {"type": "identity"}}}
+    return transform, section
+
+
 def run_envar(exp: Experiment, scored_cycles: int, seed: int, config: dict, progress: bool) -> dict:
     """Cycle 3DEnVar/4DEnVar on the ensemble of an LETKF run alongside ("EnVar–LETKF"; see the
     module docstring); returns its row of the result table."""
@@ -407,13 +415,7 @@ def run_envar(exp: Experiment, scored_cycles: int, seed: int, config: dict, prog
     sigma = torch.ones(N_VARS, dtype=torch.float64)
     local = periodic_local_obs(N_VARS, torch.arange(N_VARS), exp.loc_rad, batch=LETKF_BATCH)
     letkf_config = LETKFConfig(posterior_inflation=exp.inflation, random_rotation=True)
-    ensemble_b = EnsembleTransform(CircleLocalisation(N_VARS, exp.b_loc or None), members_expected=exp.ensemble_size)
-    transform: EnsembleTransform | HybridTransform = ensemble_b
-    if exp.static_weight > 0:
-        static = DenseSqrtTransform(exp.x_b * torch.cov(truth.T), (N_VARS,), "symmetric")
-        transform = HybridTransform(static, ensemble_b, exp.static_weight, 1.0 - exp.static_weight)
-    section = {**{k: v for k, v in config.items() if k != "checkpointing"}, "method": exp.method,
-               "background_error": {"type": "hybrid", "static": {"type": "identity"}}}  # U is built above
+    transform, section = envar_background_error(exp, truth, config)
 
     x = torch.zeros(N_VARS, dtype=torch.float64)
     x[0] = 1.0  # DAPPER's X0.mu, as the variational experiments
