@@ -107,9 +107,9 @@ class CyclingRunner:
         self.steps_per_cycle = steps_between(cfg.cycle_time, self.model.dt, "cycle_time")
         self.window = self.method.window(self.times[0], parts.window_model)
         self.needs_members = parts.b_needs_ensemble or self.method.needs.ensemble
-        own = self.method.needs.ensemble_source == "own"
+        self.own_ensemble = self.method.needs.ensemble_source == "own"  # the method cycles its own ensemble
         # members kept per cycle: the ensemble when the method or its B uses one, else the background alone
-        self.members = cfg.dynamic_member if self.needs_members or own else 1
+        self.members = cfg.dynamic_member if self.needs_members or self.own_ensemble else 1
         self.stats = parts.stats
         self.forecast_cycles = int(cfg.forecast.lead / cfg.cycle_time) if cfg.forecast.every else 0
         self._check_truth()
@@ -224,7 +224,7 @@ class CyclingRunner:
         t = self.times[n]
 
         tic = wallclock.perf_counter()
-        own = self.method.needs.ensemble_source == "own"  # the method cycles its own ensemble
+        own = self.own_ensemble
         members = self.ensemble.ensemble(n).to(self.device) if self.needs_members or own else None
         x_b = members.mean(0) if own else self.ensemble.background(n).to(self.device)
         window = self.window.at(t)
