@@ -20,7 +20,8 @@ fit; the tiny world's run is also allowed in-sample), else an untrained FengWu-s
 ``--arch`` (JSON) with the store's statistics, saved to a temporary checkpoint. B: the GEN_BE statistics ``--genbe`` (default
 ``$AIVARDA_HOME/b/genbe_learn_b_genbe.pt``, the one ``configs/exp_3DVar.yaml`` uses, when it exists;
 ``none`` or a missing default: a diagonal B). Runs ``--cycles`` cycles of 3DVar as ``exp_3DVar``
-(4 × 5 iterations, a 5-day forecast from every 4th analysis) with the seeds' observing system (the
+(4 × 5 iterations, a 5-day forecast from every 4th analysis) with the seeds' observing system, from
+the store's ``eval`` span on (the first days of ``exp_3DVar``'s month, out of sample; the
 first cycle is a warm-up and not counted), and prints the mean seconds per cycle of each stage
 (forecast, observations, minimisation, I/O), the one-off set-up (statistics, initial time-lagged
 members) and ``124 × mean cycle``.
@@ -73,6 +74,15 @@ def world(store: Path | None) -> tuple[Path, str]:
     if not SPINUP_ASSET.is_file():
         cfg = cfg.model_copy(update={"initial_state": "rest", "spin_up_days": 5})
     return ensure_nature_run(cfg, progress=True), "tiny nature run (T21)"
+
+
+def eval_start(store: Path) -> np.datetime64 | None:
+    """The first time of the store's ``eval`` span (out of the shipped models' and B's samples, as
+    ``exp_3DVar``'s month), or None for a store without aivarda spans."""
+    try:
+        return Wb2ZarrSource(store, span="eval").times[0]
+    except Exception:  # noqa: BLE001 — a store without aivarda spans: its first times
+        return None
 
 
 def untrained_checkpoint(store: Path, arch: dict, folder: Path, hours: float = 6.0) -> Path:
@@ -162,6 +172,7 @@ def main() -> None:
             assimilation, window_model = METHODS[method]
             cfg, gap = experiment_config(
                 store, world_name, model, folder, cycles=args.cycles, members=args.members, device=args.device,
+                start_time=eval_start(store) if shipped else None,
                 assimilation={**assimilation, "background_error": b, "outer_loops": 4, "inner_iterations": 5},
                 # the tiny world is too short for statistics outside the scored span; only speed is measured
                 extra={"allow_in_sample": True} if "tiny" in world_name else window_model,

@@ -95,6 +95,37 @@ def test_solid_body_rotation_and_psi_chi_round_trip(grid: Grid) -> None:
     assert torch.allclose(u3, u4, atol=1e-5) and torch.allclose(v3, v4, atol=1e-5)
 
 
+@pytest.mark.parametrize("grid", [Grid.gaussian(32, 64), Grid.equiangular(33, 64)], ids=["gaussian", "equiangular"])
+def test_fused_transforms_equal_the_torch_harmonics_chain(grid: Grid) -> None:
+    """``dofs_to_field`` and ``streamfunction_to_wind`` run as one gather + one batched matrix
+    product per wavenumber + one FFT; they must equal the torch-harmonics transforms they fuse
+    (float64, to round-off) for any batch shape, and the packing gather's transpose must be its
+    adjoint (dot-product test, through a double backward too)."""
+    ops = SphereOps(grid)
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 3, ops.n_dofs, dtype=torch.float64, generator=gen)
+    reference = ops.synthesis(ops.dofs_to_spectrum(z))
+    assert torch.allclose(ops.dofs_to_field(z), reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
+    psi, chi = 1e7 * ops.dofs_to_field(z[0]), 3e6 * ops.dofs_to_field(z[1])
+    st = torch.stack([ops.analysis(chi), -ops.analysis(psi)], dim=-3) / ops.radius
+    w = ops._ivsht(st)
+    u, v = ops.streamfunction_to_wind(psi, chi)
+    scale = float(w.abs().max())
+    assert torch.allclose(u, w[..., 1, :, :], rtol=0, atol=1e-12 * scale)
+    assert torch.allclose(v, -w[..., 0, :, :], rtol=0, atol=1e-12 * scale)
+    # float32 follows the float64 numbers to float32 round-off
+    u32, _ = ops.streamfunction_to_wind(psi.float(), chi.float())
+    assert float((u32.double() - u).abs().max()) < 1e-5 * scale
+    # adjoint: <U z, y> = <z, Uᵀ y> with Uᵀ from autograd; differentiating Uᵀ y (a double
+    # backward, as 4DVar's adjoint with create_graph) gives U back
+    zz = torch.zeros_like(z[0], requires_grad=True)
+    y = torch.randn(3, *grid.shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    (g,) = torch.autograd.grad((ops.dofs_to_field(zz) * y).sum(), zz, create_graph=True)
+    assert math.isclose(float((ops.dofs_to_field(z[0]) * y).sum().detach()), float((g * z[0]).sum().detach()), rel_tol=1e-12)
+    (back,) = torch.autograd.grad((g * z[1]).sum(), y)
+    assert torch.allclose(back, ops.dofs_to_field(z[1]), rtol=0, atol=1e-12 * float(back.abs().max()))
+
+
 def test_unit_variance_spectrum_and_length_scale() -> None:
     ops = SphereOps(Grid.gaussian(32, 64))
     L = torch.tensor([7e5, 1.5e6])

@@ -13,6 +13,7 @@ normalised to mean 1 so that ``mean(w_i · f_i)`` is an area mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -154,7 +155,14 @@ class Grid:
 
     @property
     def weights(self) -> np.ndarray:
-        """Area weights per row, shape ``[H]``, mean 1 (WeatherBench2 convention)."""
+        """Area weights per row, shape ``[H]``, mean 1 (WeatherBench2 convention); a fresh copy
+        of the weights computed once per grid."""
+        return self._row_weights.copy()
+
+    @cached_property
+    def _row_weights(self) -> np.ndarray:
+        # computed once: numpy's Gauss–Legendre nodes solve an eigenproblem, and the BLAS threads
+        # it wakes keep spinning for a while, halving the speed of the torch work that follows
         if self.kind == "gaussian":
             _, w = np.polynomial.legendre.leggauss(self.nlat)
             w = w[::-1]

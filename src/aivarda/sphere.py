@@ -107,12 +107,28 @@ class SphereOps:
         return self.synthesis(psi_hat), self.synthesis(chi_hat)
 
     def streamfunction_to_wind(self, psi: Tensor, chi: Tensor) -> tuple[Tensor, Tensor]:
-        """``(ψ, χ) [..., H, W]`` (m²/s) → ``(u, v) = k × ∇ψ + ∇χ`` (m/s)."""
-        psi_hat, chi_hat = self.analysis(psi), self.analysis(chi)
-        st = torch.stack([chi_hat, -psi_hat], dim=-3) / self.radius
-        self._on(st)
-        w = self._ivsht(st)
-        return w[..., 1, :, :], -w[..., 0, :, :]
+        """``(ψ, χ) [..., H, W]`` (m²/s) → ``(u, v) = k × ∇ψ + ∇χ`` (m/s).
+
+        The scalar analysis of ψ and χ followed by the vector synthesis, fused per zonal
+        wavenumber ``m`` into two real ``[H, H]`` matrices (:class:`_SpectralMatrices`): with
+        ``f_m`` the Fourier coefficients of a row, ``a·u_m = A_m ψ_m + i B_m χ_m`` and
+        ``a·v_m = −A_m χ_m + i B_m ψ_m``. Equal to the two transforms to round-off."""
+        if psi.shape != chi.shape or tuple(psi.shape[-2:]) != self.grid.shape:
+            raise ValueError(f"SphereOps: ψ and χ must both be [..., {self.grid.nlat}, {self.grid.nlon}], "
+                             f"got {tuple(psi.shape)} and {tuple(chi.shape)}")
+        mats = self._matrices(psi)
+        L, H, batch = self.lmax, self.grid.nlat, psi.shape[:-2]
+        f = torch.fft.rfft(torch.stack([psi.reshape(-1, H, self.grid.nlon), chi.reshape(-1, H, self.grid.nlon)]),
+                           dim=-1, norm="forward")[..., :L]  # [2 (ψ, χ), N, H, m]
+        n = f.shape[1]
+        f = torch.view_as_real(f).permute(3, 2, 0, 4, 1).reshape(L, H, 4 * n)  # [m, H, (ψ|χ, re|im, N)]
+        a = torch.bmm(mats.wind_a, f).reshape(L, H, 2, 2, n)
+        b = torch.bmm(mats.wind_b, f).reshape(L, H, 2, 2, n)
+        u = torch.stack([a[:, :, 0, 0] - b[:, :, 1, 1], a[:, :, 0, 1] + b[:, :, 1, 0]], dim=-1)
+        v = torch.stack([-a[:, :, 1, 0] - b[:, :, 0, 1], -a[:, :, 1, 1] + b[:, :, 0, 0]], dim=-1)
+        uv = torch.stack([u, v]).permute(0, 3, 2, 1, 4).contiguous() / self.radius  # [2, N, H, m, 2]
+        w = torch.fft.irfft(torch.view_as_complex(uv), n=self.grid.nlon, dim=-1, norm="forward")
+        return w[0].reshape(*batch, H, self.grid.nlon), w[1].reshape(*batch, H, self.grid.nlon)
 
     # ------------------------------------------------------------------ real spectral control vectors
     def _build_packing(self) -> None:
@@ -148,8 +164,30 @@ class SphereOps:
         return torch.complex(re, im)
 
     def dofs_to_field(self, z: Tensor) -> Tensor:
-        """Real spectral control vector ``[..., K]`` → real field ``[..., H, W]``."""
-        return self.synthesis(self.dofs_to_spectrum(z))
+        """Real spectral control vector ``[..., K]`` → real field ``[..., H, W]``:
+        ``synthesis(dofs_to_spectrum(z))`` in one gather (whose transpose is a gather too), one
+        batched Legendre product over ``m`` and one inverse FFT."""
+        if z.shape[-1] != self.n_dofs:
+            raise ValueError(f"SphereOps: expected {self.n_dofs} spectral degrees of freedom, got {z.shape[-1]}")
+        mats = self._matrices(z)
+        L, H, batch = self.lmax, self.grid.nlat, z.shape[:-1]
+        flat = z.reshape(-1, self.n_dofs)
+        n = flat.shape[0]
+        coeffs = _Pack.apply(flat.T, mats.pack_index, mats.unpack_index)  # [m·l·2, N]
+        y = torch.bmm(mats.synthesis, coeffs.reshape(L, L, 2 * n))  # [m, H, (re|im, N)]
+        y = y.reshape(L, H, 2, n).permute(3, 1, 0, 2).contiguous()  # [N, H, m, 2]
+        field = torch.fft.irfft(torch.view_as_complex(y), n=self.grid.nlon, dim=-1, norm="forward")
+        return field.reshape(*batch, H, self.grid.nlon)
+
+    def _matrices(self, like: Tensor) -> _SpectralMatrices:
+        """The fused transforms' matrices in ``like``'s dtype and device (built once each)."""
+        key = (like.dtype, like.device)
+        cache = self.__dict__.setdefault("_matrix_cache", {})
+        if key not in cache:
+            if "_matrices64" not in self.__dict__:
+                self._matrices64 = _SpectralMatrices.extract(self)
+            cache[key] = self._matrices64.to(like.dtype, like.device)
+        return cache[key]
 
     # ------------------------------------------------------------------ isotropic spectra and length scales
     def gaussian_amplitudes(self, scale: Tensor | float) -> Tensor:
@@ -207,6 +245,90 @@ class SphereOps:
         """Area-weighted second moment of ``[N, ..., H, W]`` pooled over ``N`` and the grid → ``[...]``."""
         w = self._weights(x)
         return (x**2 * w[:, None]).mean(dim=(-2, -1)).mean(0)
+
+
+class _Pack(torch.autograd.Function):
+    """``out = z_pad[index]`` on the first axis, where ``z_pad = [0; z]`` and every row of ``z``
+    appears exactly once in ``out``: a linear map whose transpose is the gather
+    ``grad_z = grad_out[unpack]`` (no scatter-add). Double backward goes through the same pair."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, z: Tensor, index: Tensor, unpack: Tensor) -> Tensor:
+        ctx.save_for_backward(index, unpack)
+        return torch.nn.functional.pad(z, (0, 0, 1, 0)).index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        index, unpack = ctx.saved_tensors  # type: ignore[attr-defined]
+        return _Unpack.apply(grad, index, unpack), None, None
+
+
+class _Unpack(torch.autograd.Function):
+    """The transpose of :class:`_Pack`: ``grad_out[unpack]``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor, index: Tensor, unpack: Tensor) -> Tensor:
+        ctx.save_for_backward(index, unpack)
+        return grad.index_select(0, unpack)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        index, unpack = ctx.saved_tensors  # type: ignore[attr-defined]
+        return _Pack.apply(g, index, unpack), None, None
+
+
+class _SpectralMatrices:
+    """Real matrices of the fused transforms of a :class:`SphereOps`, read off its torch-harmonics
+    modules (so every torch-harmonics version gives its own transforms' numbers):
+
+    - ``synthesis [m, H, l]``: the Legendre synthesis ``P_m`` times the packing scale (1 for
+      ``m = 0``, 1/√2 else), applied to the ``[m, l, (re, im, N)]`` layout :class:`_Pack` produces;
+    - ``wind_a``, ``wind_b`` ``[m, H, H]``: ``D0_m Q_m`` and ``D1_m Q_m`` with ``Q_m [l, H]`` the
+      scalar analysis (quadrature) and ``D0_m, D1_m [H, l]`` the vector synthesis of a spheroidal
+      coefficient (colatitude component, longitude component / i);
+    - ``pack_index [m·l·2]`` into ``[0; z]`` and ``unpack_index [K]``, its inverse on the dofs.
+    """
+
+    def __init__(self, synthesis: Tensor, wind_a: Tensor, wind_b: Tensor, pack_index: Tensor, unpack_index: Tensor):
+        self.synthesis, self.wind_a, self.wind_b = synthesis, wind_a, wind_b
+        self.pack_index, self.unpack_index = pack_index, unpack_index
+
+    def to(self, dtype: torch.dtype, device: torch.device) -> _SpectralMatrices:
+        return _SpectralMatrices(*(m.to(dtype=dtype, device=device) for m in (self.synthesis, self.wind_a, self.wind_b)),
+                                 self.pack_index.to(device), self.unpack_index.to(device))
+
+    @staticmethod
+    def extract(ops: SphereOps) -> _SpectralMatrices:
+        L, H, W = ops.lmax, ops.grid.nlat, ops.grid.nlon
+        cpu = torch.device("cpu")
+        with torch.no_grad():
+            ops._on(torch.empty(0, device=cpu))
+            eye = torch.eye(L, dtype=torch.float64)
+            # synthesis of one unit coefficient (l, every m) per batch entry l: rfft gives P_m(θ, l)
+            f = ops._isht(eye[:, :, None].expand(L, L, L).to(torch.complex128))  # [l, H, W]
+            legendre = torch.fft.rfft(f, dim=-1, norm="forward")[..., :L].real.permute(2, 1, 0)  # [m, H, l]
+            # analysis of rows holding Σ_m e^{imλ}: the quadrature weights Q_m(l, θ)
+            lam = torch.arange(W, dtype=torch.float64) * (2 * math.pi / W)
+            m = torch.arange(1, L, dtype=torch.float64)
+            row = 1 + 2 * torch.cos(m[:, None] * lam).sum(0)
+            rows = torch.eye(H, dtype=torch.float64)[..., None] * row  # [k, H, W]: row k alone
+            quad = ops._sht(rows).real.permute(2, 1, 0)  # [m, l, H]
+            # vector synthesis of one unit spheroidal coefficient
+            vs = torch.zeros(L, 2, L, L, dtype=torch.complex128)
+            vs[:, 0] = eye[:, :, None].expand(L, L, L)
+            vc = torch.fft.rfft(ops._ivsht(vs), dim=-1, norm="forward")[..., :L]  # [l, 2, H, m]
+            d0 = vc[:, 0].real.permute(2, 1, 0)  # [m, H, l]
+            d1 = vc[:, 1].imag.permute(2, 1, 0)
+        # packing: coefficient (m, l, re|im) ← dof index (0: the padded zero), times 1 or 1/√2
+        index = torch.stack([ops._re_idx.T, ops._im_idx.T], dim=-1)  # [m, l, 2]
+        synthesis = legendre * ops._pack_scale[L - 1][:, None, None]  # the packing scale depends on m alone
+        flat = index.reshape(-1)
+        unpack = torch.empty(ops.n_dofs, dtype=torch.long)
+        valid = flat > 0
+        unpack[flat[valid] - 1] = torch.nonzero(valid).squeeze(1)
+        # the padded zero's positions carry no dof: their matrix columns never meet a value
+        return _SpectralMatrices(synthesis.contiguous(), (d0 @ quad).contiguous(), (d1 @ quad).contiguous(),
+                                 flat.contiguous(), unpack)
 
 
 class Regrid:

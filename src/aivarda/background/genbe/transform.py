@@ -74,9 +74,10 @@ class GenBeTransform:
     def unbalanced(self, z: Tensor) -> dict[str, Tensor]:
         """``V ∘ S``: the unbalanced control variables ``{name: [..., P, H_c, W_c]}``."""
         h = self.horizontal(z)
+        modes = torch.split(h, [sl.stop - sl.start for sl in self._mode_slices.values()], dim=-3)
         return {
-            name: torch.einsum("ik,...khw->...ihw", self.sqrt_vertical[name].to(h), h[..., sl, :, :])
-            for name, sl in self._mode_slices.items()
+            name: torch.einsum("ik,...khw->...ihw", self.sqrt_vertical[name].to(h), part)
+            for name, part in zip(self._mode_slices, modes)
         }
 
     def control_fields(self, z: Tensor) -> dict[str, Tensor]:
@@ -93,7 +94,6 @@ class GenBeTransform:
         batch = _batch_shape(z, self.latent_shape, "GenBeTransform.decode")
         fields = self.control_fields(z)
         H, W = self.stats.control_grid.shape
-        out = z.new_zeros(*batch, len(self.layout), H, W)
         parts: list[tuple[list[int], Tensor]] = []
         for var in self.variables:
             name = var["name"]
@@ -102,9 +102,13 @@ class GenBeTransform:
                 parts.append((var["channels"], torch.cat([u, v], dim=-3)))
             elif name != "chi":
                 parts.append((var["channels"], fields[name]))
-        index = torch.tensor([c for ch, _ in parts for c in ch], device=z.device)
+        parts.sort(key=lambda part: part[0][0])
+        index = [c for ch, _ in parts for c in ch]
         values = torch.cat([p for _, p in parts], dim=-3)
-        out = out.index_copy(-3, index, values)
+        if index == list(range(len(self.layout))):  # every channel, in order (FengWu's layouts)
+            out = values
+        else:
+            out = z.new_zeros(*batch, len(self.layout), H, W).index_copy(-3, torch.tensor(index, device=z.device), values)
         return self.scale * self.regrid(out)
 
     def adjoint(self, dx: Tensor) -> Tensor:
