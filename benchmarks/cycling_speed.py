@@ -51,7 +51,7 @@ from aivarda.data.sources import Wb2ZarrSource
 from aivarda.paths import aivarda_home
 
 STAGES = ("forecast", "observations", "minimisation", "io", "total")
-WINDOW_MODEL = "${AIVARDA_ASSETS}/fengwu_1h.pt"
+WINDOW_MODEL = str(DEFAULT_MODEL.parent / "fengwu_1h.pt")  # the shipped 1-hour model
 _WINDOW = {"da_win": 6, "window_interval": "1h", "flow_error": 8.0}
 METHODS: dict[str, tuple[dict, dict | None]] = {
     "3dvar": ({"method": "3dvar"}, None),

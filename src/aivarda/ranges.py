@@ -51,6 +51,10 @@ def check_state(x: Tensor, layout: ChannelLayout, what: str) -> Tensor:
     check_finite(x, layout, what)
     flat = x.detach().movedim(-3, 0).reshape(x.shape[-3], -1)
     lo_all, hi_all = flat.min(1).values, flat.max(1).values
+    lower, upper = _bounds(layout)
+    lower, upper = lower.to(lo_all.device), upper.to(lo_all.device)
+    if not bool(((lo_all.double() < lower) | (hi_all.double() > upper)).any()):  # every channel in one check
+        return x
     for c, ch in enumerate(layout.channels):
         bounds = PLAUSIBLE_RANGE.get(ch.variable.short)
         if bounds is None:
@@ -61,3 +65,16 @@ def check_state(x: Tensor, layout: ChannelLayout, what: str) -> Tensor:
             raise DataError(f"{what}: {ch.name} = {value:.6g} {ch.units} is outside the plausible range "
                             f"{bounds[0]:g} … {bounds[1]:g} (corrupt data or a diverging model)")
     return x
+
+
+_BOUNDS: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
+
+
+def _bounds(layout: ChannelLayout) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(lowest, highest)`` of :data:`PLAUSIBLE_RANGE` (±inf where a variable has none)."""
+    if layout.names not in _BOUNDS:
+        inf = float("inf")
+        ranges = [PLAUSIBLE_RANGE.get(ch.variable.short, (-inf, inf)) for ch in layout.channels]
+        _BOUNDS[layout.names] = (torch.tensor([r[0] for r in ranges], dtype=torch.float64),
+                                 torch.tensor([r[1] for r in ranges], dtype=torch.float64))
+    return _BOUNDS[layout.names]

@@ -175,12 +175,14 @@ class CyclingRunner:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n_cycles, initial=state.next_cycle, desc=cfg.name, unit="cycle")
+        last = None  # (cycle, time, states) of the last cycle this process committed
         try:
             for n in range(state.next_cycle, n_cycles):
                 record = self.cycle(n)
                 state.next_cycle = n + 1
                 b_state = self.parts.transform.state_dict() if stateful else None  # type: ignore[union-attr]
                 run_dir.commit(state, record, n, b_state=b_state)
+                last = self._pending_last
                 records.append(record)
                 self.ensemble.discard_through(n)
                 write_metrics(self.out, records, self.layout, netcdf=False)
@@ -191,8 +193,16 @@ class CyclingRunner:
         finally:
             if bar is not None:
                 bar.close()
+            if last is not None:
+                self._write_last_cycle(*last)
         write_metrics(self.out, records, self.layout, attrs=self._attrs("scores"))
         return records
+
+    def _write_last_cycle(self, n: int, t: np.datetime64, states: dict[str, Tensor]) -> None:
+        """``last_cycle.nc``: background, analysis and truth of cycle ``n`` (the report's maps)."""
+        write_states(self.out / "last_cycle.nc", self.grid, self.layout, states, t,
+                     {**self._attrs(f"background, analysis and truth of cycle {n}"), "cycle": n,
+                      "time": str(np.datetime64(t, "s"))})
 
     def _attrs(self, what: str) -> dict[str, Any]:
         """Global attributes of an output file: CF (:func:`aivarda.data.cf.global_attrs`) and the run's names."""
@@ -217,7 +227,7 @@ class CyclingRunner:
 
     def cycle(self, n: int) -> dict[str, Any]:
         """Run cycle ``n`` (everything but the commit); returns its record."""
-        cfg, grid, layout = self.cfg, self.grid, self.layout
+        cfg, layout = self.cfg, self.layout
         torch.manual_seed(cycle_seed(cfg.seed, n))
         wall = dict.fromkeys(WALL_STAGES, 0.0)
         start = wallclock.perf_counter()
@@ -297,11 +307,9 @@ class CyclingRunner:
         if cfg.outputs.departures:
             write_departures(self.out / "departures" / f"cycle_{n:05d}.npz",
                              departure_record(wa.observations, self.geometry, windows, cfg.observations.operator))
-        time_text = str(np.datetime64(t, "s"))
-        write_states(self.out / "last_cycle.nc", grid, layout,
-                     {"background": x_b, "analysis": x_a, "truth": truth_window[0]}, t,
-                     {**self._attrs(f"background, analysis and truth of cycle {n}"), "cycle": n, "time": time_text})
         wall["io"] += wallclock.perf_counter() - tic
+        # last_cycle.nc is written once this process stops cycling (run's finally), not every cycle
+        self._pending_last = (n, t, {"background": x_b, "analysis": x_a, "truth": truth_window[0]})
         self.hook(n, "outputs")
 
         wall["total"] = wallclock.perf_counter() - start

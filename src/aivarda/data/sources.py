@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 TimeLike = str | datetime | np.datetime64
 """What :func:`as_time` understands: ISO string, ``datetime`` (incl. ``pd.Timestamp``), ``np.datetime64``."""
+
+READ_CACHE_BYTES = 256 * 2**20
+"""Bytes of recently read states a :class:`Wb2ZarrSource` keeps (about 110 states at T42; at least one state whatever its size)."""
 
 _METADATA_FILES = ("zarr.json", ".zmetadata", ".zattrs", ".zgroup", ".zarray")
 
@@ -229,6 +233,9 @@ class Wb2ZarrSource:
         self._lon_first: dict[str, bool] = {}
         self._variables, self._level_index = self._check_layout()
         self._store_times = self._ds["time"].values.astype("datetime64[ns]")
+        # the most recently read states (checked): a cycle reads its truth again as the next
+        # cycle's previous truth, and a forecast's verifying states become later cycles' truths
+        self._recent: OrderedDict[int, np.ndarray] = OrderedDict()
         self._time_range = None if time_range is None else (
             np.datetime64("NaT") if time_range[0] is None else as_time(time_range[0]),
             np.datetime64("NaT") if time_range[1] is None else as_time(time_range[1]),
@@ -384,12 +391,24 @@ class Wb2ZarrSource:
         return self.states([time])[0]
 
     def states(self, times: Sequence[TimeLike] | np.ndarray) -> torch.Tensor:
-        """``float32 [T, C, H, W]`` at ``times`` (one read of the store per call)."""
+        """``float32 [T, C, H, W]`` at ``times`` (a new tensor; one read of the store per call for
+        the times not among the last :data:`READ_CACHE_BYTES` of states read)."""
         idx = self.time_indices(times)
         if idx.size == 0:
             return torch.empty((0, len(self.layout), *self.grid.shape), dtype=torch.float32)
         unique, inverse = np.unique(idx, return_inverse=True)
-        data = self._read(unique)
+        cache = self._recent
+        missing = np.array([i for i in unique if int(i) not in cache], dtype=unique.dtype)
+        if missing.size:
+            fresh = self._read(missing)
+            for i, state in zip(missing, fresh):
+                cache[int(i)] = state
+                cache.move_to_end(int(i))
+            while len(cache) > max(1, READ_CACHE_BYTES // max(1, fresh[0].nbytes)):
+                cache.popitem(last=False)
+        data = np.stack([cache[int(i)] for i in unique]) if unique.size > 1 else cache[int(unique[0])][None].copy()
+        for i in unique:
+            cache.move_to_end(int(i))
         if unique.size != idx.size or not np.array_equal(unique, idx):
             data = data[inverse]
         return torch.from_numpy(np.ascontiguousarray(data))
