@@ -37,6 +37,7 @@ import argparse
 import json
 import time as wallclock
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,17 @@ from aivarda.evaluation.metrics import baseline_scores
 from aivarda.evaluation.provenance import code_provenance
 from aivarda.evaluation.station_stats import departure_columns, departure_record, write_departures
 from aivarda.files import atomic_write, atomic_write_json
-from aivarda.models.base import iterate_trajectory
+from aivarda.models.base import ForecastModel, iterate_trajectory
+from aivarda.models.checkpoint import load_forecast_model
+from aivarda.models.distributed import MemberParallelModel, serve, stop_serving
+from aivarda.parallel import end_distributed, setup_distributed
 from aivarda.provenance import TimeSpan
 from aivarda.ranges import check_state
 from aivarda.timeaxis import hours, steps_between, to_timedelta64
+
+SERVE_TIMEOUT = timedelta(hours=12)
+"""How long the serving processes of a torchrun launch wait for process 0's next member forecast
+(its setup, analyses and outputs come between them)."""
 
 Hook = Callable[[int, str], None]
 """``hook(cycle, stage)`` is called after each stage (``background``, ``observations``, ``analysis``,
@@ -84,11 +92,13 @@ class CyclingRunner:
     """Runs a :class:`CyclingConfig` into the run directory ``out`` (default: its ``output_dir``)."""
 
     def __init__(self, cfg: CyclingConfig, out: str | Path | None = None, *, progress: bool = True,
-                 hook: Hook | None = None) -> None:
+                 hook: Hook | None = None, wrap_model: Callable[[ForecastModel], ForecastModel] | None = None) -> None:
         self.cfg = cfg
         self.out = Path(out) if out is not None else Path(cfg.output_dir)
         self.progress = progress
         self.hook: Hook = hook or (lambda cycle, stage: None)
+        # the cycling model as the run uses it (under torchrun: its member forecasts shared, main())
+        self.wrap_model = wrap_model or (lambda model: model)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -103,7 +113,7 @@ class CyclingRunner:
         self.times = cfg.cycle_times()
         self.cycle_step = to_timedelta64(cfg.cycle_time)
         self.device = torch.device(cfg.torch_device())
-        self.model = load_model(model_cfg, self.geometry, "model", str(self.device))
+        self.model = self.wrap_model(load_model(model_cfg, self.geometry, "model", str(self.device)))
         self.steps_per_cycle = steps_between(cfg.cycle_time, self.model.dt, "cycle_time")
         self.window = self.method.window(self.times[0], parts.window_model)
         self.needs_members = parts.b_needs_ensemble or self.method.needs.ensemble
@@ -363,20 +373,39 @@ class CyclingRunner:
 
 
 def run_experiment(cfg: CyclingConfig, out: str | Path | None = None, *, resume: bool = False,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool = True, wrap_model: Callable[[ForecastModel], ForecastModel] | None = None,
+                   ) -> list[dict[str, Any]]:
     """Run (or resume) a cycling experiment; returns the per-cycle records."""
-    return CyclingRunner(cfg, out, progress=progress).run(resume=resume)
+    return CyclingRunner(cfg, out, progress=progress, wrap_model=wrap_model).run(resume=resume)
 
 
 def main(args: argparse.Namespace) -> int:
-    """``aivarda run CONFIG [--resume] [--out DIR] [--json]``."""
+    """``aivarda run CONFIG [--resume] [--out DIR] [--json]``.
+
+    Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1``) process 0 runs the experiment with
+    its ensemble-member forecasts shared over the N processes, which load the same cycling model
+    and serve it (:mod:`aivarda.models.distributed`); only process 0 writes and prints."""
     from aivarda.evaluation.report import format_table, load_run, run_summary
 
     cfg = load_config(args.config, CyclingConfig)
     if getattr(args, "allow_in_sample", False):
         cfg.allow_in_sample = True
     out = Path(args.out) if args.out is not None else Path(cfg.output_dir)
-    run_experiment(cfg, out, resume=args.resume, progress=not args.json)
+    info = setup_distributed(cfg.torch_device(), timeout=SERVE_TIMEOUT)  # WORLD_SIZE > 1 under torchrun
+    if info.world_size == 1:
+        run_experiment(cfg, out, resume=args.resume, progress=not args.json)
+    else:
+        try:
+            if info.rank > 0:  # forecast process 0's member shards; write and print nothing
+                serve(load_forecast_model(cfg.forecast_model_config(), device=str(info.device)), info)
+                return 0
+            try:
+                run_experiment(cfg, out, resume=args.resume, progress=not args.json,
+                               wrap_model=lambda model: MemberParallelModel(model, info))
+            finally:  # also when the run fails: the serving processes must not wait for ever
+                stop_serving(info)
+        finally:
+            end_distributed()
     run = load_run(out)
     print(json.dumps(run_summary(run), indent=2) if args.json else format_table([run]) + f"\noutputs: {out}")
     return 0

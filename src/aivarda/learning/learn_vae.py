@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
@@ -48,16 +47,14 @@ from aivarda.errors import DataError
 from aivarda.learning.nmc import NmcSamples
 from aivarda.learning.train_model import (
     _all_sum,
-    _is_rank0,
     epoch_batches,
     last_checkpoint,
     process_setup,
-    rank0_first,
     run_epochs,
     run_metadata,
-    setup_distributed,
     training_state,
 )
+from aivarda.parallel import end_distributed, is_rank0, rank0_first, setup_distributed
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -254,8 +251,7 @@ def main(args: argparse.Namespace) -> int:
     with rank0_first(info):  # NMC samples made (and cached) once
         samples = load_or_make_samples(cfg, getattr(args, "samples", None), progress=not quiet and info.rank == 0)
     summary = train_vae(cfg, samples, resume=resume, stop_after=getattr(args, "stop_after", None), progress=not quiet)
-    if _is_rank0():
+    if is_rank0():
         print(json.dumps(summary, indent=None if getattr(args, "json", False) else 2))
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    end_distributed()
     return 0

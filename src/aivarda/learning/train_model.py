@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ from aivarda.models.checkpoint import (
 from aivarda.models.config import TrainConfig, TrainDataConfig, load_train_config
 from aivarda.models.normalised import NeuralForecastModel
 from aivarda.normstats import NormStats
+from aivarda.parallel import DistInfo, end_distributed, is_rank0, rank0_first, setup_distributed
 from aivarda.provenance import TimeSpan, TrainedOn, records_to_json
 from aivarda.timeaxis import from_hours
 
@@ -111,7 +111,7 @@ def store_path(data: DataConfig) -> Path:
     if data.source == "nature_run":
         from aivarda.data.nature_run import ensure_nature_run
 
-        return Path(ensure_nature_run(progress=_is_rank0()))
+        return Path(ensure_nature_run(progress=is_rank0()))
     if data.path is None:
         raise ConfigError("data.path: required when data.source is 'zarr'")
     return Path(data.path)
@@ -194,44 +194,6 @@ class Rollout(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistInfo:
-    world_size: int
-    rank: int
-    local_rank: int
-    device: torch.device
-
-
-def _is_rank0() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def setup_distributed(device: str) -> DistInfo:
-    """Read the torchrun environment; initialise the process group when ``WORLD_SIZE > 1``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("device: cuda requested but CUDA is not available")
-    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return DistInfo(world, rank, local_rank, dev)
-
-
-@contextmanager
-def rank0_first(info: DistInfo) -> Iterator[None]:
-    """Run the block on rank 0 first, then on the other ranks (cached work done once)."""
-    if info.world_size > 1 and info.rank != 0:
-        dist.barrier()
-    yield
-    if info.world_size > 1 and info.rank == 0:
-        dist.barrier()
-
-
 def _all_sum(values: list[float], info: DistInfo) -> list[float]:
     if info.world_size == 1:
         return values
@@ -602,8 +564,7 @@ def main(args: argparse.Namespace) -> int:
         stop_after=getattr(args, "stop_after", None),
         progress=not getattr(args, "quiet", False),
     )
-    if _is_rank0():
+    if is_rank0():
         print(json.dumps(summary, indent=None if getattr(args, "json", False) else 2))
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    end_distributed()
     return 0
