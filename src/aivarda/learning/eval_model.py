@@ -77,7 +77,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
             f"{path}: span {cfg.span!r} ({source.times.size} times) has no initial time with all leads "
             f"{[f'{x:g}' for x in cfg.leads]} h inside it"
         )
-    clim_source = Wb2ZarrSource(path, model.layout, span=cfg.clim_span, time_range=data_time_range(cfg.data))
+    # the climatology is its own span's time mean: data.start/end select the evaluated times only
+    clim_source = Wb2ZarrSource(path, model.layout, span=cfg.clim_span)
     clim = climatology(clim_source, max_samples=cfg.clim_samples, progress=progress)[channels]
 
     # per lead: squared-error means and ACCs per initial time, [N, C'] per baseline

@@ -110,7 +110,7 @@ class EvalConfig(StrictModel):
 
     checkpoint: Path = Field(Path("${AIVARDA_ASSETS}/fengwu_6h.pt"), description="default: the shipped 6-hour model")
     data: DataConfig = Field(default_factory=DataConfig)
-    span: str = "eval"
+    span: str | None = Field("eval", description="the store's span of initial and verifying times; null: all times of data (data.start/end)")
     clim_span: str = Field("train", description="span whose time mean is the climatology")
     clim_samples: int = Field(512, ge=1, description="states averaged for the climatology")
     channels: list[str] = Field(default_factory=lambda: ["z500", "t850", "u500", "q500"])
