@@ -15,6 +15,23 @@ statistic is fitted to synthetic fields):
   :class:`~aivarda.assimilation.window.ModelPropagation` (forward and adjoint through the window).
 - ``vae-decoder``: ``U(z) = D(z)`` of a random-weight VAE (control 32×128×256), state
   69×128×256 and 69×721×1440 (increments regridded): one ``J(z)`` + ``∇J``.
+- ``lora-envar``: one LoRA-EnVar cycle (``docs/lora-envar.md``) with the same VAE (a fresh
+  random-weight copy), state 69×128×256 and 69×721×1440, in the runtime configuration of the seeds
+  (``finetune: {mode: lora}`` as released: rank 2 on the query rows of the decoder's attention
+  ``qkv``, Adam lr 1e-2, ``K = 8`` members, 5 epochs of batch 4 = 10 steps):
+  (a) ``fine-tune``: :meth:`~aivarda.background.vae.transform.FinetunedVaeTransform.update` on 8
+  random members ``x_k ~ N(0, 1)`` ``[8, 69, H, W]`` at the state size (as the runner passes them:
+  regridded to the control grid, normalised, 10 optimiser steps), with the trainable parameter
+  count (:meth:`~aivarda.background.vae.finetune.VaeFinetuner.n_trainable`, as
+  ``benchmarks/lora_envar_cost.py``); the row also carries how many adapter and base tensors the
+  fine-tunings changed (the base weights must not move);
+  (b) the DA through the fine-tuned ``U``: one minimisation of ``--iterations`` L-BFGS iterations
+  run right after the fine-tuning, as in a cycle (its first evaluation computes ``D(0)`` of the new
+  decoder), and then one ``J(z)`` + ``∇J``;
+  (c) ``cycle``: fine-tune + minimise seconds.
+  Under ``--bf16`` the cost is autocast as in the other rows and the fine-tuning too (the same
+  ``torch.autocast(bfloat16)``, which runs on the CPU as well; the weights, Adam and the samples
+  stay float32).
 
 Observations: ``--obs-fraction`` of the state values at random, at every window time, with
 ``y ~ N(0, 1)`` and σ_o = 1 (``H`` picks them out of the window trajectory). Time: median of ``--repeats`` after one
@@ -47,8 +64,9 @@ from aivarda.assimilation.window import ModelPropagation
 from aivarda.background.genbe import GenBeTransform, SphereOps, fit_genbe
 from aivarda.background.transforms import DiagonalTransform
 from aivarda.background.vae.checkpoint import VaeCheckpoint
+from aivarda.background.vae.finetune import FinetuneConfig
 from aivarda.background.vae.network import VaeArchitecture, VaeNet
-from aivarda.background.vae.transform import VaeTransform
+from aivarda.background.vae.transform import FinetunedVaeTransform, VaeTransform
 from aivarda.channels import ChannelLayout
 from aivarda.grid import Grid
 from aivarda.models.checkpoint import build_forecast_model
@@ -62,6 +80,7 @@ SMOKE = {"control": (16, 32), "states": [(16, 32), (24, 48)], "window_state": (1
          "arch": {"name": "fengwu", "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2, "window": [2, 4]},
          "vae": {"latent_channels": 4, "latent_stride": 1, "patch_size": 2, "embed_dim": 16, "depth": 1,
                  "num_heads": 2, "window": 4}}
+ROWS = ("3dvar-genbe", "4dvar-6h", "vae-decoder", "lora-envar")
 
 
 def synchronize(device: torch.device) -> None:
@@ -119,14 +138,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="small sizes on the CPU (CI)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--bf16", action="store_true", help="autocast the cost to bfloat16 (GPU)")
+    ap.add_argument("--bf16", action="store_true", help="autocast the cost and the LoRA fine-tuning to bfloat16")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--iterations", type=int, default=10, help="L-BFGS iterations of the timed 3DVar")
+    ap.add_argument("--iterations", type=int, default=10, help="L-BFGS iterations of the timed minimisations")
     ap.add_argument("--obs-fraction", type=float, default=0.01)
     ap.add_argument("--arch", type=json.loads, default=None, help="FengWu-style architecture (JSON)")
-    ap.add_argument("--only", default="3dvar-genbe,4dvar-6h,vae-decoder", help="rows to run (comma-separated)")
+    ap.add_argument("--only", default=",".join(ROWS), help="rows to run (comma-separated)")
     ap.add_argument("--states", default=None,
-                    help="state grids of the 3DVar and VAE rows, e.g. '128x256' (default: 128x256,721x1440)")
+                    help="state grids of the 3DVar, VAE and LoRA-EnVar rows, e.g. '128x256' (default: 128x256,721x1440)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = dict(SMOKE if args.smoke else PAPER)
@@ -142,6 +161,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.backends.cudnn.allow_tf32 = True
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else nullcontext
     only = set(args.only.split(","))
+    if only - set(ROWS):
+        ap.error(f"--only: unknown rows {sorted(only - set(ROWS))}; the rows are {', '.join(ROWS)}")
     # the first torch.optim optimiser of a process imports torch._dynamo (~1 s): pay it before timing
     torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
     layout = ChannelLayout.fengwu69()
@@ -150,9 +171,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     control = Grid.equiangular(*sizes["control"])
     rows: list[dict] = []
 
-    def record(name: str, shape: tuple[int, ...], what: str, seconds: float) -> None:
+    def record(name: str, shape: tuple[int, ...], what: str, seconds: float, **extra: object) -> None:
         rows.append({"row": name, "state": "×".join(map(str, shape)), "what": what, "seconds": seconds,
-                     "peak_memory": peak_memory(device)})
+                     "peak_memory": peak_memory(device), **extra})
+
+    def minimise(cost: VariationalCost) -> tuple[float, int]:
+        """Seconds and cost evaluations of one minimisation of ``--iterations`` L-BFGS iterations (one outer loop)."""
+        minimizer = Minimizer(outer_loops=1, inner_iterations=args.iterations)
+        with amp():
+            t0 = time.perf_counter()
+            result = minimizer.minimize(cost)
+            synchronize(device)
+            seconds = time.perf_counter() - t0
+        return seconds, int(result.diagnostics[-1]["evaluations"]) if result.diagnostics else 0
+
+    def minimised(name: str, shape: tuple[int, ...], seconds: float, evaluations: int) -> None:
+        record(name, shape, f"minimise ≤ {args.iterations} it.: {evaluations} J+∇J", seconds, evaluations=evaluations)
 
     def reset() -> None:
         if device.type == "cuda":
@@ -169,14 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             H, obs = random_observations(shape, 1, args.obs_fraction, device, gen)
             cost = VariationalCost(torch.zeros(shape, device=device), U, H, obs)
             record("3dvar-genbe", shape, "J + ∇J", gradient_seconds(cost, args.repeats, device, amp))
-            minimizer = Minimizer(outer_loops=1, inner_iterations=args.iterations)
-            with amp():
-                t0 = time.perf_counter()
-                result = minimizer.minimize(cost)
-                synchronize(device)
-                seconds = time.perf_counter() - t0
-            evaluations = int(result.diagnostics[-1]["evaluations"]) if result.diagnostics else 0
-            record("3dvar-genbe", shape, f"minimise ≤ {args.iterations} it.: {evaluations} J+∇J", seconds)
+            minimised("3dvar-genbe", shape, *minimise(cost))
 
     if "4dvar-6h" in only:
         reset()
@@ -203,6 +230,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cost = VariationalCost(torch.zeros(shape, device=device), U, H, obs)
             latent = "×".join(map(str, U.latent_shape))
             record("vae-decoder", shape, f"J + ∇J (z {latent})", gradient_seconds(cost, args.repeats, device, amp))
+
+    if "lora-envar" in only:
+        finetune = FinetuneConfig(mode="lora", epochs=5, batch_size=4)  # the seeds' runtime configuration
+        for state in sizes["states"]:
+            reset()
+            shape = (C, *state)
+            net = VaeNet(C, control.shape, VaeArchitecture(**sizes["vae"]))
+            ckpt = VaeCheckpoint(net, torch.ones(C), control, Grid.equiangular(*state), layout)
+            U = FinetunedVaeTransform(ckpt, finetune, Grid.equiangular(*state))
+            before = {name: p.detach().clone() for name, p in U.net.named_parameters()}
+            members = torch.randn((8, *shape), generator=gen).to(device)
+
+            def update() -> None:
+                with amp():
+                    U.update(members)
+
+            seconds_ft = timed(update, args.repeats, device)
+            changed = [name for name, p in U.net.named_parameters() if not torch.equal(p.detach(), before[name])]
+            adapters = [name for name in changed if ".lora_A." in name or ".lora_B." in name]
+            trainable = U.finetuner.n_trainable()
+            steps = int(U.update_diagnostics()["finetune_steps"])
+            record("lora-envar", shape, f"fine-tune r={finetune.rank} ({steps} steps): {trainable} par.", seconds_ft,
+                   trainable_params=trainable, finetune_steps=steps, changed_adapter_tensors=len(adapters),
+                   changed_base_tensors=len(changed) - len(adapters))
+            H, obs = random_observations(shape, 1, args.obs_fraction, device, gen)
+            cost = VariationalCost(torch.zeros(shape, device=device), U, H, obs)
+            # the minimisation right after the fine-tuning, as in a cycle (its first evaluation computes
+            # D(0) of the new decoder); then J + ∇J, whose warm-up finds D(0) computed
+            seconds_da, evaluations = minimise(cost)
+            latent = "×".join(map(str, U.latent_shape))
+            record("lora-envar", shape, f"J + ∇J (z {latent})", gradient_seconds(cost, args.repeats, device, amp))
+            minimised("lora-envar", shape, seconds_da, evaluations)
+            record("lora-envar", shape, "cycle: fine-tune + minimise", seconds_ft + seconds_da)
 
     if args.json:
         print(json.dumps(rows, indent=2))
