@@ -180,6 +180,24 @@ def test_cli_train_and_eval(synthetic_store, tmp_path, capsys):
     w = torch.as_tensor(GRID.weights)[:, None]
     expected = float((w * d**2).mean(dim=(-2, -1)).mean().sqrt())
     assert rows[(6.0, "z500", "persistence")]["rmse"] == pytest.approx(expected, rel=1e-5)
+    # span: null with data.start/end: initial and verifying times across the spans (free runs
+    # longer than one span); the climatology is still the train span's mean (same numbers)
+    free_path = tmp_path / "free.yaml"
+    free_path.write_text(yaml.safe_dump({
+        "checkpoint": str(tmp_path / "run" / "best.pt"), "span": None,
+        "data": {"source": "zarr", "path": str(synthetic_store), "start": "2001-01-10T00:00", "end": "2001-01-13T23:00"},
+        "channels": ["z500"], "leads": ["6h", "2d"], "init_every": "24h", "device": "cpu",
+    }))
+    assert cli_main(["eval-model", str(free_path), "--json"]) == 0
+    free = json.loads(capsys.readouterr().out)
+    assert free["n_inits"] == 2 and free["first_init"].startswith("2001-01-10T00") and free["span"] is None
+    clim_rows = [r for r in free["results"] if r["forecast"] == "climatology" and r["lead_hours"] == 6.0]
+    t_verify = np.array(["2001-01-10T06", "2001-01-11T06"], dtype="datetime64[ns]")
+    truth = Wb2ZarrSource(synthetic_store, LAYOUT).states(t_verify)[:, i].double()
+    clim = Wb2ZarrSource(synthetic_store, LAYOUT, span="train").states(
+        Wb2ZarrSource(synthetic_store, LAYOUT, span="train").times)[:, i].double().mean(0)
+    expected_clim = float((w * (truth - clim) ** 2).mean(dim=(-2, -1)).mean().sqrt())
+    assert clim_rows[0]["rmse"] == pytest.approx(expected_clim, rel=1e-4)
     # errors are one line with exit status 2
     assert cli_main(["eval-model", str(eval_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
