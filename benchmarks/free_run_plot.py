@@ -7,7 +7,9 @@ outputs (e.g. ``configs/models/free_run_fengwu_6h.yaml``).
 
 Prints per model and channel the RMSE at each lead, the ratio to √2 × climatology's RMSE at the
 same lead, and the largest ratio from the first lead where the error reaches 90 % of that level on
-("saturated within 10 %" when it stays in [0.9, 1.1] from there to the last lead).
+("saturated within 10 %" when it stays in [0.9, 1.1] from there to the last lead), and whether the
+error ever drifts more than 10 % above that level (a model that blurs towards climatology stays
+below it: its ratio ends between 1/√2 and 1).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def saturation(model: list[tuple[float, float]], clim: list[tuple[float, float]]
         "max_ratio_after": max((r for _, r in after), default=None),
         "min_ratio_after": min((r for _, r in after), default=None),
         "saturated_within_10pct": bool(after) and all(0.9 <= r <= 1.1 for _, r in after),
+        "max_ratio": max(r for _, r in ratios),
+        "never_above_110pct": all(r <= 1.1 for _, r in ratios),
     }
 
 
@@ -58,8 +62,11 @@ def main() -> None:
             summary[f"{name}:{ch}"] = s
             if not args.json:
                 print(f"{name} {ch}: " + "  ".join(f"{lead / 24:g}d {r:.2f}" for lead, r in s["ratios"]))
-                print(f"    reaches 0.9 × √2·clim at {s['reaches_90pct_at_hours']} h; after that ratio "
-                      f"{s['min_ratio_after']} … {s['max_ratio_after']}; within 10 %: {s['saturated_within_10pct']}")
+                lo, hi = s["min_ratio_after"], s["max_ratio_after"]
+                span = "never" if lo is None else f"{lo:.3f} … {hi:.3f}"
+                print(f"    reaches 0.9 × √2·clim at {s['reaches_90pct_at_hours']} h; after that ratio {span}; "
+                      f"within 10 %: {s['saturated_within_10pct']}; largest ratio {s['max_ratio']:.3f} "
+                      f"(never above 1.1: {s['never_above_110pct']})")
     if args.json:
         print(json.dumps({"inputs": [str(p) for p in args.results], "summary": summary}, indent=2))
     if args.out is not None:

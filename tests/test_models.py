@@ -263,7 +263,7 @@ def test_shipped_configs_build_small_t42_models(name):
         assert model.step(torch.randn(1, 69, 64, 128)).shape == (1, 69, 64, 128)
 
 
-@pytest.mark.parametrize(("name", "dt"), [("fengwu_6h.pt", 6.0), ("fengwu_1h.pt", 1.0)])
+@pytest.mark.parametrize(("name", "dt"), [("fengwu_6h.pt", 6.0), ("fengwu_6h_rollout.pt", 6.0), ("fengwu_1h.pt", 1.0)])
 def test_shipped_default_models_load_and_step(name, dt):
     """The trained default weights (docs/models.md): ≤ 20 MB, the nature run's grid and 69 channels,
     a fitted linear prior, and a finite, differentiable step."""

@@ -115,7 +115,7 @@ def test_quickstart_scores_out_of_sample() -> None:
     assert check_out_of_sample(period, [*models, genbe], store_fingerprint=world, origin=origin) == []
 
     old = NatureRunConfig(spans={"eval": {"start": "2000-01-15T00:00", "end": "2000-01-16T23:00", "interval_hours": 1}})
-    with pytest.raises(LeakageError, match=r"fengwu_6h\.pt .*trained on 2000-01-01T00:00…2000-06-12T12:00 \(train\)"):
+    with pytest.raises(LeakageError, match=r"fengwu_6h_rollout\.pt .*trained on 2000-01-01T00:00…2000-06-12T12:00 \(train\)"):
         check_out_of_sample(TimeSpan("2000-01-15", "2000-01-16T23"), models,
                             store_fingerprint=nature_run_fingerprint(old), origin=nature_run_origin(old))
     with pytest.raises(LeakageError, match=r"fengwu_1h\.pt .*2000-07-01T00:00…2000-07-28T20:00 \(train\)"):

@@ -58,6 +58,22 @@ def test_states_in_any_order_with_repeats(mini_wb2_store):
         np.testing.assert_allclose(xs[k].numpy(), mini_wb2_store.expected(t), atol=1e-3)
 
 
+def test_reads_more_states_than_the_read_cache_holds(mini_wb2_store, monkeypatch):
+    """A batch of more unique times than the recent-states cache can hold (the climatology of a new
+    store reads 128 at a time) returns every state: eviction happens after the batch is taken."""
+    import aivarda.data.sources as sources
+
+    src = Wb2ZarrSource(mini_wb2_store.path, layout=mini_wb2_store.layout)
+    one = src.state(mini_wb2_store.times[0]).numpy().nbytes
+    monkeypatch.setattr(sources, "READ_CACHE_BYTES", 3 * one)  # room for 3 states
+    for idx in ([0, 1], [1, 2, 3, 4, 5, 6, 7], [7, 6, 0, 9, 8, 1]):  # partly cached, then larger than the cache
+        times = mini_wb2_store.times[idx]
+        xs = src.states(times)
+        for k, t in enumerate(times):
+            np.testing.assert_allclose(xs[k].numpy(), mini_wb2_store.expected(t), atol=1e-3)
+    assert len(src._recent) == 3
+
+
 def test_layout_subset_selects_channels_and_levels(mini_wb2_store):
     layout = ChannelLayout(("t2m",), ("t", "z"), (850,))
     src = Wb2ZarrSource(mini_wb2_store.path, layout=layout)

@@ -208,7 +208,7 @@ def test_eval_model_without_a_config_scores_the_shipped_model():
     from aivarda.paths import ASSETS
 
     cfg = default_eval_config()
-    assert cfg.checkpoint == ASSETS / "fengwu_6h.pt" and cfg.checkpoint.is_file()
+    assert cfg.checkpoint == ASSETS / "fengwu_6h_rollout.pt" and cfg.checkpoint.is_file()
     assert cfg.leads == [6.0, 24.0, 72.0, 120.0] and cfg.channels == ["z500", "t850", "u500", "q500"]
 
 

@@ -9,9 +9,9 @@ Stages (each cached under ``$AIVARDA_HOME`` after the first run):
 2. GEN_BE statistics fitted from 48-h lagged-truth differences of its two weeks (the model-free
    stand-in for NMC samples, cached);
    then the leakage guard (:func:`quickstart_guard`): the two scored days lie in the default
-   world's ``eval`` month, outside what the shipped models (``fengwu_6h``: January–June,
+   world's ``eval`` month, outside what the shipped models (``fengwu_6h_rollout``: January–June,
    ``fengwu_1h``: July) and the GEN_BE statistics (July 18–31) learned from;
-3. with the shipped trained models (``aivarda/assets/fengwu_6h.pt`` and ``fengwu_1h.pt``):
+3. with the shipped trained models (``aivarda/assets/fengwu_6h_rollout.pt`` and ``fengwu_1h.pt``):
    cycling experiments over the two hourly days (8 cycles of 6 h) with the seeds' observing system
    (5 % of the grid columns, all 69 channels, σ_o = 0.01 σ_clim with temperatures × 0.25, noise
    added, 15 % withheld) and the GEN_BE B for ``none`` (free run), ``3dvar`` and ``4dvar`` (a

@@ -12,7 +12,7 @@ Example (the embedded world; see ``configs/exp_3DVar.yaml``)::
     gap: 8                            # first background: a gap-cycle forecast from the truth
     observations: {mode: random, fraction: 0.05, withhold: 0.15}
     assimilation: {method: 3dvar, background_error: {type: diagonal}}   # 4D methods: da_win, window_interval
-    model: null                       # the 6-hour model; null: the shipped fengwu_6h.pt
+    model: null                       # the 6-hour model; null: the shipped fengwu_6h_rollout.pt
     window_model: null                # the 1-hour window model (methods that need one); null: the shipped fengwu_1h.pt
     forecast: {every: 4, lead: 5d}    # a 5-day forecast from every 4th analysis
     outputs: {analyses_zarr: true}
@@ -39,8 +39,9 @@ from aivarda.observations.config import ObservationConfig
 from aivarda.paths import ASSETS
 from aivarda.timeaxis import to_timedelta64
 
-DEFAULT_MODEL = ASSETS / "fengwu_6h.pt"
-"""The shipped 6-hour forecast model (cycling, forecasts, ensemble)."""
+DEFAULT_MODEL = ASSETS / "fengwu_6h_rollout.pt"
+"""The shipped 6-hour forecast model (cycling, forecasts, ensemble): the one-step model ``fengwu_6h.pt``
+fine-tuned on 24-hour rollouts (``configs/models/fengwu_6h_rollout.yaml``)."""
 DEFAULT_WINDOW_MODEL = ASSETS / "fengwu_1h.pt"
 """The shipped 1-hour forecast model (inside the window of the 4D methods)."""
 

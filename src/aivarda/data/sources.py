@@ -399,16 +399,15 @@ class Wb2ZarrSource:
         unique, inverse = np.unique(idx, return_inverse=True)
         cache = self._recent
         missing = np.array([i for i in unique if int(i) not in cache], dtype=unique.dtype)
+        got = {int(i): cache[int(i)] for i in unique if int(i) in cache}
         if missing.size:
-            fresh = self._read(missing)
-            for i, state in zip(missing, fresh):
-                cache[int(i)] = state
-                cache.move_to_end(int(i))
-            while len(cache) > max(1, READ_CACHE_BYTES // max(1, fresh[0].nbytes)):
-                cache.popitem(last=False)
-        data = np.stack([cache[int(i)] for i in unique]) if unique.size > 1 else cache[int(unique[0])][None].copy()
-        for i in unique:
+            got.update((int(i), state) for i, state in zip(missing, self._read(missing)))
+        data = np.stack([got[int(i)] for i in unique]) if unique.size > 1 else got[int(unique[0])][None].copy()
+        for i in unique:  # most recently used last; evicted only after this call's states are taken
+            cache[int(i)] = got[int(i)]
             cache.move_to_end(int(i))
+        while len(cache) > max(1, READ_CACHE_BYTES // max(1, data[0].nbytes)):
+            cache.popitem(last=False)
         if unique.size != idx.size or not np.array_equal(unique, idx):
             data = data[inverse]
         return torch.from_numpy(np.ascontiguousarray(data))

@@ -108,7 +108,7 @@ class EvalConfig(StrictModel):
     """``aivarda eval-model [CONFIG]``: lead-time RMSE/ACC against the nature run's ``eval`` span,
     beside persistence and climatology (the time mean of ``clim_span``)."""
 
-    checkpoint: Path = Field(Path("${AIVARDA_ASSETS}/fengwu_6h.pt"), description="default: the shipped 6-hour model")
+    checkpoint: Path = Field(Path("${AIVARDA_ASSETS}/fengwu_6h_rollout.pt"), description="default: the shipped 6-hour model")
     data: DataConfig = Field(default_factory=DataConfig)
     span: str | None = Field("eval", description="the store's span of initial and verifying times; null: all times of data (data.start/end)")
     clim_span: str = Field("train", description="span whose time mean is the climatology")

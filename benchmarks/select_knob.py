@@ -1,0 +1,64 @@
+"""Choose a tuned knob from an ``aivarda sweep`` over it: the grid value whose runs have the lowest
+score in the sweep's report, with every value's scores beside it.
+
+The selection rule (fixed before the runs): the lowest analysis RMSE/σ_clim averaged over channels
+(the report's ``normalised_rmse``), over the common cycles of the runs; ties (within 0.1 %) go to the
+smaller value. The sweep runs on a tuning span disjoint from any evaluation (configs/tuning/).
+
+    python benchmarks/select_knob.py runs/tuning/flow_error_seeds_obs --key assimilation.flow_error \
+        --json > docs/results/tuning_flow_error_seeds_obs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", type=Path, help="directory of an `aivarda sweep` (sweep.json, report/report.json)")
+    p.add_argument("--key", required=True, help="the swept config key, e.g. assimilation.flow_error")
+    p.add_argument("--score", choices=["analysis", "background"], default="analysis")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    manifest = json.loads((args.sweep_dir / "sweep.json").read_text())
+    report_rel = manifest.get("report", {}).get("json")
+    if report_rel is None:
+        raise SystemExit(f"{args.sweep_dir}/sweep.json: no report yet (the sweep has not finished)")
+    report = json.loads((args.sweep_dir / report_rel).read_text())
+    value_of = {r["name"]: r["overrides"][args.key] for r in manifest["runs"] if args.key in r["overrides"]}
+    if not value_of:
+        raise SystemExit(f"{args.sweep_dir}/sweep.json: no run sets {args.key}")
+    rows = []
+    for run in report["runs"]:
+        if run["name"] not in value_of:
+            continue
+        rows.append({"value": value_of[run["name"]], "run": run["name"], "cycles": run["cycles"],
+                     "first_time": run["first_time"], "last_time": run["last_time"],
+                     "normalised_rmse": run["normalised_rmse"],
+                     "rmse_analysis": {c: v["analysis"] for c, v in run["rmse"].items()},
+                     "store_fingerprint": run.get("store_fingerprint")})
+    if len(rows) != len(value_of):
+        raise SystemExit(f"the report has {len(rows)} of the {len(value_of)} runs; rerun the sweep to finish it")
+    rows.sort(key=lambda r: r["value"])
+    best = min(r["normalised_rmse"][args.score] for r in rows)
+    chosen = next(r for r in rows if r["normalised_rmse"][args.score] <= best * 1.001)
+    out = {"sweep": str(args.sweep_dir), "key": args.key, "score": f"{args.score} normalised_rmse (mean over channels of "
+           "sqrt(time-mean MSE)/sigma_clim)", "rule": "lowest score; ties within 0.1 % to the smaller value",
+           "chosen": chosen["value"], "rows": rows}
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"{args.key} on {rows[0]['first_time']} … {rows[0]['last_time']} ({rows[0]['cycles']} cycles)")
+        for r in rows:
+            mark = "  <- chosen" if r is chosen else ""
+            print(f"  {r['value']:>8} all/σ b {r['normalised_rmse']['background']:.4f} a {r['normalised_rmse']['analysis']:.4f}"
+                  f"  z500 a {r['rmse_analysis'].get('z500', float('nan')):.1f}{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
