@@ -18,35 +18,42 @@ from pathlib import Path
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", type=Path, help="directory of an `aivarda sweep` (sweep.json, report/report.json)")
+    p.add_argument("sweep_dirs", type=Path, nargs="+",
+                   help="directories of `aivarda sweep`s over the same key (sweep.json, report/report.json); a grid "
+                        "extended by a second sweep is given as both")
     p.add_argument("--key", required=True, help="the swept config key, e.g. assimilation.flow_error")
     p.add_argument("--score", choices=["analysis", "background"], default="analysis")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
-    manifest = json.loads((args.sweep_dir / "sweep.json").read_text())
-    report_rel = manifest.get("report", {}).get("json")
-    if report_rel is None:
-        raise SystemExit(f"{args.sweep_dir}/sweep.json: no report yet (the sweep has not finished)")
-    report = json.loads((args.sweep_dir / report_rel).read_text())
-    value_of = {r["name"]: r["overrides"][args.key] for r in manifest["runs"] if args.key in r["overrides"]}
-    if not value_of:
-        raise SystemExit(f"{args.sweep_dir}/sweep.json: no run sets {args.key}")
-    rows = []
-    for run in report["runs"]:
-        if run["name"] not in value_of:
-            continue
-        rows.append({"value": value_of[run["name"]], "run": run["name"], "cycles": run["cycles"],
-                     "first_time": run["first_time"], "last_time": run["last_time"],
-                     "normalised_rmse": run["normalised_rmse"],
-                     "rmse_analysis": {c: v["analysis"] for c, v in run["rmse"].items()},
-                     "store_fingerprint": run.get("store_fingerprint")})
-    if len(rows) != len(value_of):
-        raise SystemExit(f"the report has {len(rows)} of the {len(value_of)} runs; rerun the sweep to finish it")
+    rows: list[dict] = []
+    for sweep_dir in args.sweep_dirs:
+        manifest = json.loads((sweep_dir / "sweep.json").read_text())
+        report_rel = manifest.get("report", {}).get("json")
+        if report_rel is None:
+            raise SystemExit(f"{sweep_dir}/sweep.json: no report yet (the sweep has not finished)")
+        report = json.loads((sweep_dir / report_rel).read_text())
+        value_of = {r["name"]: r["overrides"][args.key] for r in manifest["runs"] if args.key in r["overrides"]}
+        if not value_of:
+            raise SystemExit(f"{sweep_dir}/sweep.json: no run sets {args.key}")
+        found = [run for run in report["runs"] if run["name"] in value_of]
+        if len(found) != len(value_of):
+            raise SystemExit(f"{sweep_dir}: the report has {len(found)} of the {len(value_of)} runs; rerun the sweep to finish it")
+        for run in found:
+            rows.append({"value": value_of[run["name"]], "run": run["name"], "cycles": run["cycles"],
+                         "first_time": run["first_time"], "last_time": run["last_time"],
+                         "normalised_rmse": run["normalised_rmse"],
+                         "rmse_analysis": {c: v["analysis"] for c, v in run["rmse"].items()},
+                         "store_fingerprint": run.get("store_fingerprint")})
+    values = [r["value"] for r in rows]
+    if len(set(values)) != len(values):
+        raise SystemExit(f"{args.key}: a value is in more than one run ({sorted(values)})")
+    if len({(r["first_time"], r["last_time"], r["cycles"], r["store_fingerprint"]) for r in rows}) != 1:
+        raise SystemExit("the runs do not cover the same cycles of the same store; they cannot be compared")
     rows.sort(key=lambda r: r["value"])
     best = min(r["normalised_rmse"][args.score] for r in rows)
     chosen = next(r for r in rows if r["normalised_rmse"][args.score] <= best * 1.001)
-    out = {"sweep": str(args.sweep_dir), "key": args.key, "score": f"{args.score} normalised_rmse (mean over channels of "
+    out = {"sweeps": [str(d) for d in args.sweep_dirs], "key": args.key, "score": f"{args.score} normalised_rmse (mean over channels of "
            "sqrt(time-mean MSE)/sigma_clim)", "rule": "lowest score; ties within 0.1 % to the smaller value",
            "chosen": chosen["value"], "rows": rows}
     if args.json:
