@@ -42,22 +42,21 @@ def main() -> int:
         bg, clim = f"bg_wrmse_{ch}", f"clim_wrmse_{ch}"
         if bg not in rows[0] or clim not in rows[0]:
             raise SystemExit(f"{path}: no columns {bg}/{clim}")
-        ratio = [float(r[bg]) / (math.sqrt(2) * float(r[clim])) for r in rows]
+        clims = [float(r[clim]) for r in rows]
+        ratio = [float(r[bg]) / (math.sqrt(2) * c) for r, c in zip(rows, clims, strict=True)]
         first = next((i for i, x in enumerate(ratio) if x >= 0.9), None)
         after = ratio[first:] if first is not None else []
         half = len(rows) // 2
         entry = {
             "ratio_per_cycle": [round(x, 4) for x in ratio],
-            "second_half_ratio": math.sqrt(sum(float(r[bg]) ** 2 for r in rows[half:]) /
-                                           sum(2 * float(r[clim]) ** 2 for r in rows[half:])),
+            "second_half_ratio": _aggregate_ratio([float(r[bg]) for r in rows[half:]], clims[half:]),
             "fraction_above_110pct": sum(x > 1.1 for x in ratio) / len(ratio),
         }
         if reference is not None:
-            ref = [d / (math.sqrt(2) * float(r[clim])) for d, r in zip(reference[ch], rows, strict=True)]
+            ref = [d / (math.sqrt(2) * c) for d, c in zip(reference[ch], clims, strict=True)]
             entry["unrelated_ratio_per_cycle"] = [round(x, 4) for x in ref]
             entry["unrelated_max_ratio"] = max(ref)
-            entry["unrelated_second_half_ratio"] = math.sqrt(sum(d**2 for d in reference[ch][half:]) /
-                                                             sum(2 * float(r[clim]) ** 2 for r in rows[half:]))
+            entry["unrelated_second_half_ratio"] = _aggregate_ratio(reference[ch][half:], clims[half:])
             entry["unrelated_fraction_above_110pct"] = sum(x > 1.1 for x in ref) / len(ref)
         out["channels"][ch] = entry | {  # type: ignore[index]
             "first_cycle_at_90pct": first, "first_time_at_90pct": None if first is None else rows[first]["time"],
@@ -80,6 +79,11 @@ def main() -> int:
                       f"second half {s['unrelated_second_half_ratio']:.3f}, "
                       f"{100 * s['unrelated_fraction_above_110pct']:.0f} % of cycles above 1.1")
     return 0
+
+
+def _aggregate_ratio(rmse: list[float], clim_rmse: list[float]) -> float:
+    """√(Σ RMSE² / Σ 2·RMSE_clim²): the ratio of the time-mean MSE to two unrelated states' over the cycles."""
+    return math.sqrt(sum(x * x for x in rmse) / sum(2 * c * c for c in clim_rmse))
 
 
 def _unrelated(run_dir: Path, rows: list[dict[str, str]], channels: list[str], lag: str) -> dict[str, list[float]]:

@@ -398,8 +398,8 @@ class Wb2ZarrSource:
             return torch.empty((0, len(self.layout), *self.grid.shape), dtype=torch.float32)
         unique, inverse = np.unique(idx, return_inverse=True)
         cache = self._recent
-        missing = np.array([i for i in unique if int(i) not in cache], dtype=unique.dtype)
         got = {int(i): cache[int(i)] for i in unique if int(i) in cache}
+        missing = np.array([i for i in unique if int(i) not in got], dtype=unique.dtype)
         if missing.size:
             got.update((int(i), state) for i, state in zip(missing, self._read(missing)))
         data = np.stack([got[int(i)] for i in unique]) if unique.size > 1 else got[int(unique[0])][None].copy()
