@@ -233,6 +233,40 @@ def test_bad_checkpoint_and_config_errors(trained: tuple[Path, dict], tmp_path: 
         load_config(bad, LearnVaeConfig)
 
 
+def test_variance_calibration(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    """k_c = (v_c(NMC train) / v_c(U₀(z)))^½: with k the randomisation test on the training samples
+    gives 1 for the same decoder samples; another draw stays close; calibrated: false ignores k; a
+    file without k loads as uncalibrated, one with a bad k is refused in one line."""
+    from aivarda.background.vae.diagnostics import variance_calibration
+    from aivarda.learning.learn_vae import calibrate_checkpoint
+
+    path = tmp_path / "best.pt"
+    ckpt, _ = VaeCheckpoint.load(trained[0] / "best.pt")
+    ckpt.calibration = None
+    ckpt.save(path)
+    samples = fake_samples()
+    train = samples.samples[:19]
+    raw = _transform(path, (8, 16, 32))
+    assert not raw.calibrated
+    before = decoder_variance_ratio(raw, train, n=64)
+    k = calibrate_checkpoint(path, samples, n=64, seed=0)
+    torch.testing.assert_close(k.double(), before.rsqrt(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(k, variance_calibration(VaeCheckpoint.load(path)[0], train, n=64, seed=0))
+    U = _transform(path, (8, 16, 32))
+    assert U.calibrated
+    torch.testing.assert_close(decoder_variance_ratio(U, train, n=64), torch.ones(8, dtype=torch.float64), rtol=1e-5, atol=0)
+    other = decoder_variance_ratio(U, train, n=64, seed=1)
+    assert bool(((other > 0.5) & (other < 2)).all()), other
+    z = torch.randn(*U.latent_shape, dtype=torch.float64)
+    off = _transform(path, (8, 16, 32), calibrated=False)
+    torch.testing.assert_close(U.decode(z), off.decode(z) * k.double()[:, None, None])
+    bad, payload = VaeCheckpoint.load(path)
+    payload["calibration"] = -torch.ones(8)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match="calibration must be 8 finite positive"):
+        VaeCheckpoint.load(tmp_path / "bad.pt")
+
+
 def test_cli_trains_resumes_and_reports_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,7 +286,45 @@ def test_cli_trains_resumes_and_reports_one_line_errors(
     assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
     assert summary["train_span"][0] == "2000-01-03T00:00:00" and summary["n_val_samples"] == 5
     assert summary["output_dir"] == str(tmp_path / "out") and (tmp_path / "out" / "best.pt").is_file()
+    # a finished run calibrates best.pt on its training samples; the paused one above did not
+    ckpt, _ = VaeCheckpoint.load(tmp_path / "out" / "best.pt")
+    assert ckpt.calibration is not None and ckpt.metadata["calibration"]["nmc_samples"] == 19
+    assert summary["calibration"]["median"] == pytest.approx(float(ckpt.calibration.median()))
+    assert cli_main([*args, "--calibrate-only"]) == 0  # re-estimates, same seed → same factors
+    again, _ = VaeCheckpoint.load(tmp_path / "out" / "best.pt")
+    assert torch.equal(again.calibration, ckpt.calibration)
+    capsys.readouterr()
     (tmp_path / "vae.yaml").write_text(yaml.safe_dump(cfg | {"samples": "nope.pt"}))
     assert cli_main([*args, "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.pt: NMC sample file not found" in err
+
+
+def test_vae_records_what_it_was_trained_on_and_the_guard_uses_it(tmp_path: Path) -> None:
+    """The VAE carries its NMC samples' provenance records; a run whose ``background_error`` is the
+    VAE is refused on the times the samples read, passes on others; a file without records has
+    unknown provenance (a warning, never an error)."""
+    from aivarda.artefacts import trained_on_of_background_error, trained_on_of_file
+    from aivarda.errors import LeakageError
+    from aivarda.provenance import TimeSpan, TrainedOn, check_out_of_sample, records_to_json
+
+    T = np.datetime64
+    nmc = TrainedOn("NMC samples", (TimeSpan(T("2000-01-01T00"), T("2000-01-08T18"), "train"),), store="/x/s.zarr",
+                    fingerprint="aaaa", origin=T("2000-01-01"), verb="drawn from")
+    samples = fake_samples()
+    samples.metadata["trained_on"] = records_to_json([nmc])
+    train_vae(tiny_config(tmp_path / "v", epochs=1), samples, progress=False)
+    path = tmp_path / "v" / "best.pt"
+    (record,) = trained_on_of_background_error({"type": "vae", "checkpoint": str(path)})
+    assert record.spans == nmc.spans and record.fingerprint == "aaaa" and record.what == "best.pt (VAE background error)"
+    assert trained_on_of_file(path) == [record]
+    with pytest.raises(LeakageError, match=r"best.pt \(VAE background error\) was trained on 2000-01-01T00:00"):
+        check_out_of_sample(TimeSpan(T("2000-01-05T00"), T("2000-01-06T00")), [record], store_fingerprint="aaaa",
+                            origin="2000-01-01")
+    assert check_out_of_sample(TimeSpan(T("2000-08-01T00"), T("2000-08-31T18")), [record], store_fingerprint="aaaa",
+                               origin="2000-01-01") == []
+    ckpt, _ = VaeCheckpoint.load(path)
+    ckpt.metadata.pop("trained_on")
+    ckpt.save(tmp_path / "old.pt")
+    (old,) = trained_on_of_file(tmp_path / "old.pt")
+    assert old.spans == () and "no record" in old.note

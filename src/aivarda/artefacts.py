@@ -8,7 +8,9 @@
   (:func:`derived_from_training_config`): the data source, the training span and the validation
   span (``val_span``, or the last ``val_fraction`` of the training span) as training used them.
 - :func:`trained_on_of_genbe`: GEN_BE statistics and NMC sample files (``aivarda learn-b``): the
-  truth times the samples read. Older files: derived from the sample metadata (the whole span of the
+  truth times the samples read.
+- :func:`trained_on_of_vae`: VAE background-error checkpoints (``aivarda learn-b vae``): those of
+  their NMC samples. Older files: derived from the sample metadata (the whole span of the
   store the samples came from) when that store is still there.
 
 A file whose provenance cannot be established gives a record without spans: the guard reports it
@@ -142,6 +144,19 @@ def trained_on_of_genbe(path: str | Path) -> list[TrainedOn]:
     return _named([record], path.name)
 
 
+def trained_on_of_vae(path: str | Path) -> list[TrainedOn]:
+    """Records of a VAE checkpoint (``metadata["trained_on"]``: its NMC samples' records); a file
+    without them has unknown provenance."""
+    path = Path(path)
+    payload = _load(path, "VAE checkpoint")
+    if payload.get("format") != "aivarda-vae":
+        raise DataError(f"{path}: not a VAE checkpoint (format {payload.get('format')!r})")
+    meta = payload.get("metadata") or {}
+    if meta.get("trained_on"):
+        return _named(records_from_json(meta["trained_on"], f"{path}: metadata.trained_on"), path.name)
+    return _named([TrainedOn("VAE background error", note="no record (written before aivarda recorded it)")], path.name)
+
+
 def _derived_from_samples_metadata(meta: dict[str, Any], what: str) -> TrainedOn:
     """Conservative record of old samples: the whole span they were drawn from, extended back by
     the longest lead (or lag) the samples reach."""
@@ -182,11 +197,13 @@ def trained_on_of_model(model: Any) -> list[TrainedOn]:
 
 def trained_on_of_background_error(b: Any) -> list[TrainedOn]:
     """Records of a ``background_error`` section (a mapping or its config object): the GEN_BE file
-    of ``type: genbe``; other types read no fitted file (a diagonal B's statistics: see
+    of ``type: genbe``, the checkpoint of ``type: vae``; other types read no fitted file (a diagonal B's statistics: see
     :func:`trained_on_of_norm_stats`)."""
     get = b.get if isinstance(b, dict) else lambda key, default=None: getattr(b, key, default)
     if get("type") == "genbe":
         return trained_on_of_genbe(expand(get("file")))
+    if get("type") == "vae":
+        return trained_on_of_vae(expand(get("checkpoint")))
     return []
 
 
@@ -229,14 +246,16 @@ def guard_run(
 
 
 def trained_on_of_file(path: str | Path) -> list[TrainedOn]:
-    """Records of any aivarda artefact file (forecast-model checkpoint, GEN_BE statistics, NMC samples)."""
+    """Records of any aivarda artefact file (forecast-model checkpoint, GEN_BE statistics, NMC samples, VAE)."""
     path = Path(path)
     fmt = _load(path, "artefact file").get("format")
     if fmt == "aivarda-forecast-model":
         return trained_on_of_checkpoint(path)
     if fmt in ("aivarda-genbe", "aivarda-nmc-samples"):
         return trained_on_of_genbe(path)
-    raise DataError(f"{path}: not an aivarda checkpoint, GEN_BE statistics or NMC sample file (format {fmt!r})")
+    if fmt == "aivarda-vae":
+        return trained_on_of_vae(path)
+    raise DataError(f"{path}: not an aivarda checkpoint, GEN_BE statistics, NMC sample file or VAE (format {fmt!r})")
 
 
 def main(args: Any) -> int:

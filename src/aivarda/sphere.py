@@ -238,6 +238,15 @@ class SphereOps:
         var_lap = (lap**2 * w[:, None]).mean(dim=(-2, -1)).mean(0)
         return (8 * var / var_lap.clamp_min(1e-300)) ** 0.25
 
+    def power_spectrum(self, x: Tensor) -> Tensor:
+        """Horizontal power per total wavenumber ``l`` of real fields ``[..., H, W]`` → ``[..., L]``:
+        ``P_l = Σ_{|m|≤l} |f̂_lm|² / (4π)`` (orders ``m > 0`` counted twice, for ``±m``), so that
+        ``Σ_l P_l`` is the area mean of ``f²`` for a field resolved by the truncation (Parseval)."""
+        c = self.analysis(x.double())
+        p = c.real**2 + c.imag**2  # [..., L, M]
+        p = torch.cat([p[..., :1], 2 * p[..., 1:]], dim=-1)
+        return p.sum(-1) / (4 * math.pi)
+
     def _weights(self, x: Tensor) -> Tensor:
         return torch.as_tensor(np.asarray(self.grid.weights), dtype=x.dtype, device=x.device)
 

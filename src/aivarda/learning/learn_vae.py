@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from aivarda.background.vae.checkpoint import VaeCheckpoint, channel_std, time_span
 from aivarda.background.vae.config import LearnVaeConfig
+from aivarda.background.vae.diagnostics import variance_calibration
 from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import DataError
@@ -55,6 +57,7 @@ from aivarda.learning.train_model import (
     training_state,
 )
 from aivarda.parallel import end_distributed, is_rank0, rank0_first, setup_distributed
+from aivarda.provenance import records_from_json, records_to_json
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +113,7 @@ class VaeTrainer:
         self.out = Path(cfg.output_dir)
         self.step, self.best_val = 0, math.inf
         self.val_eps = _step_noise((len(self.x_val), *net.latent_shape), t.seed, 2**31)
+        self.trained_on = vae_trained_on(samples.metadata)
         self.samples_info = {"kind": samples.kind, "n_train": int(train_idx.size), "n_val": int(val_idx.size),
                              "source": samples.metadata.get("source"), "span": samples.metadata.get("span")}
 
@@ -121,6 +125,7 @@ class VaeTrainer:
             "train_span": time_span(self.train_times),
             "val_span": time_span(self.val_times),
             "samples": self.samples_info,
+            "trained_on": self.trained_on,
         }
 
     def save(self, name: str, epoch: int, train_loss: float, val_loss: float, training_state: bool) -> None:
@@ -232,6 +237,36 @@ def train_vae(
     return trainer.run(stop_after)
 
 
+def vae_trained_on(samples_metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The VAE's provenance records (JSON): those of its NMC samples (none for samples written
+    before records existed: the VAE then has unknown provenance)."""
+    records = records_from_json(samples_metadata.get("trained_on", []), "NMC samples: metadata.trained_on")
+    return records_to_json([replace(r, what="VAE background error", verb="trained on") for r in records])
+
+
+def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> Tensor:
+    """Estimate the per-channel variance calibration ``k`` of the checkpoint at ``path`` on the NMC
+    samples of its training span (``aivarda.background.vae.diagnostics.variance_calibration``) and
+    write it into the file (atomically) → ``k [C]``."""
+    ckpt, _ = VaeCheckpoint.load(path)
+    span = ckpt.metadata.get("train_span")
+    if not span:
+        raise DataError(f"{path}: has no train_span; cannot tell its training samples")
+    times = samples.valid_times.astype("datetime64[s]")
+    keep = (times >= np.datetime64(span[0])) & (times <= np.datetime64(span[1]))
+    if not keep.any():
+        raise DataError(f"{path}: none of the NMC samples lies in its training span {span}")
+    ckpt.calibration = None
+    k = variance_calibration(ckpt, samples.samples[torch.as_tensor(keep)], n=n, seed=seed)
+    ckpt.calibration = k
+    if not ckpt.metadata.get("trained_on"):  # checkpoints trained before the VAE recorded it
+        ckpt.metadata["trained_on"] = vae_trained_on(samples.metadata)
+    ckpt.metadata = {**ckpt.metadata, "calibration": {"decoder_samples": n, "seed": seed, "span": span,
+                                                      "nmc_samples": int(keep.sum())}}
+    ckpt.save(path)
+    return k
+
+
 def main(args: argparse.Namespace) -> int:
     """CLI handler of ``aivarda learn-b vae``."""
     from aivarda.learning.learn_b import load_or_make_samples
@@ -244,13 +279,25 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "max_steps", None):
         cfg.vae.training.max_steps = args.max_steps
     resume = bool(getattr(args, "resume", False))
-    if not resume and (cfg.output_dir / "last.pt").exists():
+    calibrate_only = bool(getattr(args, "calibrate_only", False))
+    if not resume and not calibrate_only and (cfg.output_dir / "last.pt").exists():
         raise DataError(f"{cfg.output_dir / 'last.pt'}: exists; pass --resume to continue it or choose another --out")
     quiet = bool(getattr(args, "quiet", False))
     info = setup_distributed(cfg.vae.training.device)
     with rank0_first(info):  # NMC samples made (and cached) once
         samples = load_or_make_samples(cfg, getattr(args, "samples", None), progress=not quiet and info.rank == 0)
-    summary = train_vae(cfg, samples, resume=resume, stop_after=getattr(args, "stop_after", None), progress=not quiet)
+    t = cfg.vae.training
+    stop_after = getattr(args, "stop_after", None)
+    if calibrate_only:
+        summary: dict[str, Any] = {"output_dir": str(cfg.output_dir)}
+        if not (cfg.output_dir / "best.pt").exists():
+            raise DataError(f"{cfg.output_dir / 'best.pt'}: not found; train first (aivarda learn-b vae CONFIG)")
+    else:
+        summary = train_vae(cfg, samples, resume=resume, stop_after=stop_after, progress=not quiet)
+    finished = calibrate_only or stop_after is None or summary["steps"] < stop_after  # not paused
+    if is_rank0() and finished and (t.calibration_samples > 0 or calibrate_only) and (cfg.output_dir / "best.pt").exists():
+        k = calibrate_checkpoint(cfg.output_dir / "best.pt", samples, max(t.calibration_samples, 1), t.seed)
+        summary["calibration"] = {"min": float(k.min()), "median": float(k.median()), "max": float(k.max())}
     if is_rank0():
         print(json.dumps(summary, indent=None if getattr(args, "json", False) else 2))
     end_distributed()

@@ -4,7 +4,8 @@ A versioned torch file (:func:`aivarda.files.save_torch_file`, loaded with ``wei
 holding the architecture, the weights of encoder and decoder, the per-channel NMC error std
 ``err_std [C]`` (physical units) the samples were divided by, the samples' grid (the grid the
 decoder outputs), the state grid of the source, the channel layout, the training and validation
-time spans, and (``last.pt`` only) the optimiser state for ``--resume``.
+time spans, and (``last.pt`` only) the optimiser state for ``--resume``. ``best.pt`` also holds the
+per-channel variance calibration ``k [C]`` of ``learn-b vae`` (absent in older files: then none).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class VaeCheckpoint:
     state_grid: Grid
     layout: ChannelLayout
     metadata: dict[str, Any] = field(default_factory=dict)
+    calibration: Tensor | None = None
+    """Per-channel factor ``k [C]`` on the decoder's increments (``aivarda.background.vae.diagnostics.
+    variance_calibration``); None: not calibrated."""
 
     def payload(self, training_state: dict[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -70,6 +74,8 @@ class VaeCheckpoint:
             "layout": self.layout.to_dict(),
             "metadata": self.metadata,
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.float().cpu()
         if training_state is not None:
             out["training_state"] = training_state
         return out
@@ -86,12 +92,17 @@ class VaeCheckpoint:
             grid, layout = Grid.from_dict(d["grid"]), ChannelLayout.from_dict(d["layout"])
             net = VaeNet(len(layout), grid.shape, arch)
             net.load_state_dict(d["state_dict"])
-            ckpt = cls(net, d["err_std"].float(), grid, Grid.from_dict(d["state_grid"]), layout, dict(d["metadata"]))
+            calibration = d.get("calibration")
+            ckpt = cls(net, d["err_std"].float(), grid, Grid.from_dict(d["state_grid"]), layout, dict(d["metadata"]),
+                       None if calibration is None else torch.as_tensor(calibration).float())
         except (KeyError, TypeError, ValidationError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{path}: damaged VAE checkpoint ({type(exc).__name__}: {first})") from None
         if tuple(ckpt.err_std.shape) != (len(layout),):
             raise DataError(f"{path}: err_std has shape {list(ckpt.err_std.shape)}, expected [{len(layout)}]")
+        k = ckpt.calibration
+        if k is not None and (tuple(k.shape) != (len(layout),) or not bool(torch.isfinite(k).all()) or bool((k <= 0).any())):
+            raise DataError(f"{path}: calibration must be {len(layout)} finite positive factors, got shape {list(k.shape)}")
         net.eval()
         return ckpt, d
 

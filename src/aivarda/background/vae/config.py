@@ -33,6 +33,9 @@ class VaeTraining(StrictModel):
     checkpoint_every: int = Field(100, ge=1, description="also write last.pt every this many steps")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    calibration_samples: int = Field(
+        64, ge=0, description="decoder samples for the per-channel variance calibration of best.pt after training (0: none)"
+    )
 
 
 class VaeSection(StrictModel):

@@ -8,6 +8,11 @@ the area-weighted mean over the grid of the point-wise variance across the set,
 
 i.e. the mean of the diagonal of ``B`` for channel ``c``; the ratio ``v_c(U(z)) / v_c(NMC)`` is 1
 for a decoder whose samples have the NMC samples' spread (the issue's acceptance: within a factor 2).
+
+Spectra: the horizontal power per total wavenumber ``l`` (:meth:`SphereOps.power_spectrum`) of
+each member's deviation from the set's mean, averaged over the set, and summed over bands of ``l``
+(:func:`band_power`); the ratio of the decoder samples' band power to the NMC samples' says at which
+scales the learned B has too much or too little variance.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aivarda.background.vae.checkpoint import VaeCheckpoint
 from aivarda.background.vae.transform import VaeTransform
+from aivarda.sphere import SphereOps
 
 
 def pointwise_variance(x: Tensor, weights: Tensor | np.ndarray) -> Tensor:
@@ -37,7 +44,43 @@ def decoder_samples(U: VaeTransform, n: int, seed: int = 0, batch: int = 8) -> T
     return torch.cat(out)
 
 
+def variance_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:
+    """Per-channel factors ``k_c = (v_c(NMC) / v_c(U₀(z)))^½`` ``[C]`` with ``U₀`` the uncalibrated,
+    centred decoder transform of ``ckpt`` and ``samples [N, C, H, W]`` the NMC samples it was
+    trained on (physical units, on the checkpoint's grid): with ``k`` applied, the randomisation
+    test gives a ratio of exactly 1 on these samples for these ``n`` decoder samples (``seed``).
+    A channel whose decoder or sample variance is zero gets ``k = 1``."""
+    U = VaeTransform(ckpt, ckpt.grid, centre=True, calibrated=False)
+    ratio = decoder_variance_ratio(U, samples, n=n, seed=seed)
+    k = ratio.rsqrt()
+    return torch.where(torch.isfinite(k) & (k > 0), k, torch.ones_like(k)).float()
+
+
 def decoder_variance_ratio(U: VaeTransform, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:
     """``v_c(U(z)) / v_c(samples)`` per channel ``[C]``; ``samples`` on ``U``'s state grid."""
     weights = U.state_grid.weights
     return pointwise_variance(decoder_samples(U, n, seed), weights) / pointwise_variance(samples, weights)
+
+
+DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 3), (4, 7), (8, 15), (16, 31), (32, 63))
+"""Total-wavenumber bands ``(l_first, l_last)`` of the spectrum comparison (octaves; T42 has
+``l ≤ 63`` on its 64×128 Gaussian grid)."""
+
+
+def mean_power_spectrum(x: Tensor, ops: SphereOps, batch: int = 16) -> Tensor:
+    """Mean over the set of the horizontal power spectra of ``x [N, C, H, W]`` about the set's
+    mean (``ops.power_spectrum`` of ``x_n − x̄``, ``N/(N−1)``-corrected) → ``[C, L]``."""
+    dev = x.double() - x.double().mean(0, keepdim=True)
+    total = None
+    for b in range(0, dev.shape[0], batch):
+        p = ops.power_spectrum(dev[b : b + batch]).sum(0)
+        total = p if total is None else total + p
+    assert total is not None
+    return total / max(dev.shape[0] - 1, 1)
+
+
+def band_power(spectrum: Tensor, bands: tuple[tuple[int, int], ...] = DEFAULT_BANDS) -> Tensor:
+    """Power summed over each band of total wavenumbers: ``[..., L]`` → ``[..., len(bands)]``
+    (bands beyond the truncation are clipped to it)."""
+    L = spectrum.shape[-1]
+    return torch.stack([spectrum[..., a : min(b, L - 1) + 1].sum(-1) for a, b in bands], dim=-1)

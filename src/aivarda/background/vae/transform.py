@@ -5,8 +5,8 @@ With ``D`` the trained decoder (normalised units), ``s`` the per-channel NMC err
 stored in the checkpoint and ``I`` bilinear interpolation from the decoder's grid (the NMC samples'
 grid, the control grid) to the analysis state grid (identity when they are equal),
 
-    δx = U(z) = I( s ⊙ (D(z) − D(0)) )          (centre: true, the default)
-    δx = U(z) = I( s ⊙ D(z) )                    (centre: false, as the released VAE-Var code)
+    δx = U(z) = I( k ⊙ s ⊙ (D(z) − D(0)) )          (centre: true, the default)
+    δx = U(z) = I( k ⊙ s ⊙ D(z) )                    (centre: false, as the released VAE-Var code)
 
 with ``z [L, H/r, W/r]`` the latent (``latent_shape``) and ``J_b = ½‖z‖²``. ``U`` is nonlinear, so
 there is no adjoint: gradients of the cost w.r.t. ``z`` come from autograd through ``D``.
@@ -18,7 +18,10 @@ decoder happens to map 0 to 0. Subtracting ``D(0)`` makes ``z = 0`` the backgrou
 analysis without observations is the background. ``D(0)`` is a constant, so the gradient is
 unchanged.
 
-``scale`` multiplies ``U`` (as ``genbe``'s). The decoder runs in ``context.dtype`` on the device of
+``k [C]`` is the checkpoint's variance calibration (``calibrated: true``, the default, when the
+checkpoint has one; else 1): the per-channel factor that gives the decoder's samples ``U(z)``,
+``z ~ N(0, I)``, the variance of the training NMC samples (``learn-b vae`` estimates it after
+training; docs/vae.md says why it is needed). ``scale`` multiplies ``U`` (as ``genbe``'s). The decoder runs in ``context.dtype`` on the device of
 ``z``.
 
 With ``finetune: {mode: lora | reset | full}`` the B is flow-dependent (LoRA-EnVar,
@@ -59,12 +62,17 @@ class VaeTransform:
         *,
         centre: bool = True,
         scale: float = 1.0,
+        calibrated: bool = True,
         dtype: torch.dtype = torch.float32,
     ):
         self.net = ckpt.net.to(dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self.err_std = ckpt.err_std.to(dtype)[:, None, None]
+        std = ckpt.err_std
+        if calibrated and ckpt.calibration is not None:
+            std = std * ckpt.calibration
+        self.calibrated = bool(calibrated and ckpt.calibration is not None)
+        self.err_std = std.to(dtype)[:, None, None]
         self.layout = ckpt.layout
         self.control_grid = ckpt.grid
         self.state_grid = state_grid or ckpt.grid
@@ -138,6 +146,9 @@ class VaeConfig(TransformConfig):
     checkpoint: Path = Field(description="best.pt (or last.pt) of `aivarda learn-b vae`")
     centre: bool = Field(default=True, description="subtract D(0) so that z = 0 is the background")
     scale: float = Field(default=1.0, gt=0, description="multiplies U")
+    calibrated: bool = Field(
+        default=True, description="apply the checkpoint's per-channel variance calibration k (when it has one)"
+    )
     state_grid: GridSection | None = Field(
         default=None, description="grid of the analysis state (default: the checkpoint's source grid)"
     )
@@ -160,8 +171,10 @@ def _build_vae(cfg: VaeConfig, context: TransformContext) -> ControlTransform:
     for grid in candidates:
         if tuple(context.state_shape) == (C, *grid.shape):
             if cfg.finetune.mode != "none":
-                return FinetunedVaeTransform(ckpt, cfg.finetune, grid, centre=cfg.centre, scale=cfg.scale, dtype=context.dtype)
-            return VaeTransform(ckpt, grid, centre=cfg.centre, scale=cfg.scale, dtype=context.dtype)
+                return FinetunedVaeTransform(ckpt, cfg.finetune, grid, centre=cfg.centre, scale=cfg.scale,
+                                             calibrated=cfg.calibrated, dtype=context.dtype)
+            return VaeTransform(ckpt, grid, centre=cfg.centre, scale=cfg.scale, calibrated=cfg.calibrated,
+                                dtype=context.dtype)
     grids = " or ".join(g.describe() for g in candidates)
     raise ConfigError(
         f"background_error.checkpoint: {path} decodes {C} channels on {grids}, the analysis has states "
