@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from aivarda.background.diagnostics import single_observation_analysis
+from aivarda.background.diagnostics import prior_samples, single_observation_analysis
 from aivarda.background.genbe import GenBeStatistics, GenBeTransform
 from aivarda.background.vae.checkpoint import VaeCheckpoint
 from aivarda.background.vae.diagnostics import (
@@ -58,14 +58,7 @@ def within(r: np.ndarray) -> float:
     return float(np.mean((r[ok] >= 0.5) & (r[ok] <= 2.0)))
 
 
-def genbe_samples(U: GenBeTransform, n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return torch.cat([U.decode(torch.randn(min(8, n - b), *U.latent_shape, generator=gen, dtype=torch.float64))
-                          for b in range(0, n, 8)]).float()
-
-
-def half_radius_km(inc: np.ndarray, lat: np.ndarray, lon: np.ndarray, i: int, j: int, weights: np.ndarray) -> float:
+def half_radius_km(inc: np.ndarray, i: int, j: int, weights: np.ndarray) -> float:
     """Radius (km) of the disc whose area equals that where ``|inc| ≥ |inc[i, j]|/2``."""
     area = (np.abs(inc) >= 0.5 * abs(inc[i, j])) * weights[:, None] / (weights.sum() * inc.shape[1])
     return float(np.sqrt(area.sum() * 4 * math.pi * (EARTH_RADIUS / 1e3) ** 2 / math.pi))
@@ -95,11 +88,8 @@ def main() -> None:
     samples = NmcSamples.load(args.samples)
     grid, layout = samples.grid, ckpt.layout
     names = list(layout.names)
-    times = samples.valid_times.astype("datetime64[s]")
-    split = {}
-    for name in ("train", "val"):
-        first, last = (np.datetime64(t) for t in ckpt.metadata[f"{name}_span"])
-        split[name] = samples.samples[torch.as_tensor((times >= first) & (times <= last))]
+    split = {name: samples.samples[torch.as_tensor(samples.in_span(ckpt.metadata[f"{name}_span"]))]
+             for name in ("train", "val")}
     U = VaeTransform(ckpt, grid, centre=True)
     U_raw = VaeTransform(ckpt, grid, centre=True, calibrated=False)
     stats = GenBeStatistics.load(args.genbe)
@@ -107,7 +97,7 @@ def main() -> None:
     models = {"VAE": decoder_samples(U, args.n, args.seed)}
     if U.calibrated:
         models["VAE uncalibrated"] = decoder_samples(U_raw, args.n, args.seed)
-    models["GEN_BE"] = genbe_samples(G, args.n, args.seed)
+    models["GEN_BE"] = prior_samples(G, args.n, args.seed, dtype=torch.float64).float()
 
     # 1. variance
     w = grid.weights
@@ -129,7 +119,7 @@ def main() -> None:
     for m, T, dtype in (("GEN_BE", G, torch.float64), ("VAE", U, torch.float32)):
         dx, summary = single_observation_analysis(T, c, i, j, args.innovation, args.sigma, args.lam, dtype=dtype)
         inc[m] = dx.double().numpy()
-        summary["half_radius_km"] = half_radius_km(inc[m][c], grid.lat, grid.lon, i, j, np.asarray(w))
+        summary["half_radius_km"] = half_radius_km(inc[m][c], i, j, np.asarray(w))
         summary["t850_at_obs"] = float(inc[m][layout.index("t850"), i, j]) if "t850" in names else float("nan")
         single[m] = summary
 

@@ -38,11 +38,9 @@ def main() -> None:
 
     ckpt, _ = VaeCheckpoint.load(args.checkpoint)
     samples = NmcSamples.load(args.samples)
-    times = samples.valid_times.astype("datetime64[s]")
-    keep = np.ones(times.size, dtype=bool)
+    keep = np.ones(len(samples), dtype=bool)
     if args.split != "all":
-        first, last = (np.datetime64(t) for t in ckpt.metadata[f"{args.split}_span"])
-        keep = (times >= first) & (times <= last)
+        keep = samples.in_span(ckpt.metadata[f"{args.split}_span"])
     U = VaeTransform(ckpt, samples.grid, centre=True)
     ratio = decoder_variance_ratio(U, samples.samples[torch.as_tensor(keep)], n=args.n, seed=args.seed).numpy()
     names = list(ckpt.layout.names)

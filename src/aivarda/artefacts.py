@@ -8,10 +8,10 @@
   (:func:`derived_from_training_config`): the data source, the training span and the validation
   span (``val_span``, or the last ``val_fraction`` of the training span) as training used them.
 - :func:`trained_on_of_genbe`: GEN_BE statistics and NMC sample files (``aivarda learn-b``): the
-  truth times the samples read.
-- :func:`trained_on_of_vae`: VAE background-error checkpoints (``aivarda learn-b vae``): those of
-  their NMC samples. Older files: derived from the sample metadata (the whole span of the
+  truth times the samples read. Older files: derived from the sample metadata (the whole span of the
   store the samples came from) when that store is still there.
+- :func:`trained_on_of_vae`: VAE background-error checkpoints (``aivarda learn-b vae``): those of
+  their NMC samples; older files have unknown provenance.
 
 A file whose provenance cannot be established gives a record without spans: the guard reports it
 as *unknown provenance* (a warning, never an error).

@@ -1,5 +1,8 @@
 """Diagnostics that apply to any background-error model given as a control transform.
 
+Randomisation: :func:`prior_samples` decodes seeded draws ``z ~ N(0, I)``, whose statistics
+(variance, spectra) are those of ``B`` for a linear ``U``.
+
 Single-observation analysis: one observation of state element ``(c, i, j)`` with innovation
 ``d = y − x_b`` and error std ``σ`` gives the 3DVar analysis increment
 
@@ -17,6 +20,20 @@ import torch
 from torch import Tensor
 
 from aivarda.background.transforms import ControlTransform
+
+
+def prior_samples(U: ControlTransform, n: int, seed: int = 0, batch: int = 8,
+                  dtype: torch.dtype = torch.float32, draw_dtype: torch.dtype | None = None) -> Tensor:
+    """``n`` increments ``U(z)``, ``z ~ N(0, I)`` decoded in ``dtype``, in batches of ``batch`` →
+    ``[n, *U.state_shape]``. ``z`` is drawn in ``draw_dtype`` (default ``dtype``) from a generator
+    seeded by ``seed``: the draws of one seed are the same for any ``dtype`` when ``draw_dtype`` is fixed."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for b in range(0, n, batch):
+            z = torch.randn(min(batch, n - b), *U.latent_shape, generator=gen, dtype=draw_dtype or dtype)
+            out.append(U.decode(z.to(dtype)))
+    return torch.cat(out)
 
 
 def single_observation_analysis(

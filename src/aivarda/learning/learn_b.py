@@ -166,11 +166,12 @@ def fit_from_config(cfg: LearnBConfig, samples: NmcSamples, progress: bool = Fal
     )
 
 
-def fitted_on(samples_metadata: dict[str, Any]) -> list[TrainedOn]:
-    """The GEN_BE statistics' records: those of their samples (none for samples written before
-    records existed: the statistics then have unknown provenance)."""
+def fitted_on(samples_metadata: dict[str, Any], what: str = "GEN_BE statistics", verb: str = "fitted on") -> list[TrainedOn]:
+    """The records of an artefact made from NMC samples (GEN_BE statistics, a VAE): those of its
+    samples, as ``what`` ``verb`` (none for samples written before records existed: the artefact
+    then has unknown provenance)."""
     records = records_from_json(samples_metadata.get("trained_on", []), "NMC samples: metadata.trained_on")
-    return [replace(r, what="GEN_BE statistics", verb="fitted on") for r in records]
+    return [replace(r, what=what, verb=verb) for r in records]
 
 
 def summary(stats: GenBeStatistics) -> list[dict[str, Any]]:

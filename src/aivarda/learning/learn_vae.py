@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from aivarda.background.vae.diagnostics import variance_calibration
 from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import DataError
+from aivarda.learning.learn_b import fitted_on, load_or_make_samples
 from aivarda.learning.nmc import NmcSamples
 from aivarda.learning.train_model import (
     _all_sum,
@@ -57,7 +57,7 @@ from aivarda.learning.train_model import (
     training_state,
 )
 from aivarda.parallel import end_distributed, is_rank0, rank0_first, setup_distributed
-from aivarda.provenance import records_from_json, records_to_json
+from aivarda.provenance import records_to_json
 
 
 def split_by_time(times: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -238,10 +238,8 @@ def train_vae(
 
 
 def vae_trained_on(samples_metadata: dict[str, Any]) -> list[dict[str, Any]]:
-    """The VAE's provenance records (JSON): those of its NMC samples (none for samples written
-    before records existed: the VAE then has unknown provenance)."""
-    records = records_from_json(samples_metadata.get("trained_on", []), "NMC samples: metadata.trained_on")
-    return records_to_json([replace(r, what="VAE background error", verb="trained on") for r in records])
+    """The VAE's provenance records (JSON): those of its NMC samples."""
+    return records_to_json(fitted_on(samples_metadata, "VAE background error", "trained on"))
 
 
 def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> Tensor:
@@ -252,11 +250,9 @@ def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> 
     span = ckpt.metadata.get("train_span")
     if not span:
         raise DataError(f"{path}: has no train_span; cannot tell its training samples")
-    times = samples.valid_times.astype("datetime64[s]")
-    keep = (times >= np.datetime64(span[0])) & (times <= np.datetime64(span[1]))
+    keep = samples.in_span(span)
     if not keep.any():
         raise DataError(f"{path}: none of the NMC samples lies in its training span {span}")
-    ckpt.calibration = None
     k = variance_calibration(ckpt, samples.samples[torch.as_tensor(keep)], n=n, seed=seed)
     ckpt.calibration = k
     if not ckpt.metadata.get("trained_on"):  # checkpoints trained before the VAE recorded it
@@ -269,8 +265,6 @@ def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> 
 
 def main(args: argparse.Namespace) -> int:
     """CLI handler of ``aivarda learn-b vae``."""
-    from aivarda.learning.learn_b import load_or_make_samples
-
     cfg = load_config(args.config, LearnVaeConfig)
     if getattr(args, "out", None):
         cfg.output_dir = Path(args.out).resolve()

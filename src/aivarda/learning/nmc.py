@@ -57,6 +57,12 @@ class NmcSamples:
     def __len__(self) -> int:
         return int(self.samples.shape[0])
 
+    def in_span(self, span: list[str] | tuple[str, str]) -> np.ndarray:
+        """Mask ``[N]`` of the samples valid within ``[first, last]`` (ISO times, both included),
+        e.g. a checkpoint's ``train_span``."""
+        times = np.asarray(self.valid_times).astype("datetime64[s]")
+        return (times >= np.datetime64(span[0])) & (times <= np.datetime64(span[1]))
+
     def save(self, path: str | Path) -> Path:
         """Write atomically."""
         return save_torch_file(

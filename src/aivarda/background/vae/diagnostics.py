@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aivarda.background.diagnostics import prior_samples
 from aivarda.background.vae.checkpoint import VaeCheckpoint
 from aivarda.background.vae.transform import VaeTransform
 from aivarda.sphere import SphereOps
@@ -34,14 +35,9 @@ def pointwise_variance(x: Tensor, weights: Tensor | np.ndarray) -> Tensor:
 
 
 def decoder_samples(U: VaeTransform, n: int, seed: int = 0, batch: int = 8) -> Tensor:
-    """``n`` increments ``U(z)``, ``z ~ N(0, I)`` (seeded) → ``[n, *U.state_shape]``."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for b in range(0, n, batch):
-            z = torch.randn(min(batch, n - b), *U.latent_shape, generator=gen)
-            out.append(U.decode(z.to(U.err_std.dtype)))
-    return torch.cat(out)
+    """``n`` increments ``U(z)``, ``z ~ N(0, I)`` (seeded; drawn in float32 whatever the decoder's
+    dtype) → ``[n, *U.state_shape]``."""
+    return prior_samples(U, n, seed, batch, dtype=U.err_std.dtype, draw_dtype=torch.float32)
 
 
 def variance_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:
