@@ -113,6 +113,7 @@ from aivarda.assimilation.letkf import (
 from aivarda.background import DenseSqrtTransform
 from aivarda.background.ensemble import EnsembleTransform, HybridTransform
 from aivarda.background.localisation import CircleLocalisation
+from aivarda.evaluation.bootstrap import paired_difference
 from aivarda.models.base import trajectory
 from aivarda.models.lorenz96 import Lorenz96
 
@@ -168,10 +169,11 @@ EXPERIMENTS = [
     Experiment("letkf", "letkf", 0.0, 1, 0, 0.22, ensemble_size=7, inflation=1.04, loc_rad=4.0),
     Experiment("3denvar", "3denvar", 0.0, 1, 0, 0.22, ensemble_size=7, inflation=1.04, loc_rad=4.0, b_loc=4.0),
     # 4DEnVar on its own iEnKS-like ensemble (infl tuned on seed 4000, 1000 cycles; `--set ensemble=letkf,inflation=1.02`:
-    # the earlier design on an LETKF run alongside)
+    # the earlier design on an LETKF run alongside). The hybrid's N and Lag were tuned on seed 4000 too (N 20/30/40 ×
+    # Lag 4/5/6/8, docs/benchmarks.md); `--set lag=4,ensemble_size=20` runs it at the iEnKS reference's N and Lag.
     Experiment("4denvar", "4denvar", 0.0, 4, 4, 0.29, ensemble_size=20, inflation=1.03, loc_rad=math.inf, outer=1,
                ensemble="transform"),
-    Experiment("hybrid-4denvar", "4denvar", 0.002, 4, 4, 0.29, ensemble_size=20, inflation=1.03, loc_rad=math.inf,
+    Experiment("hybrid-4denvar", "4denvar", 0.002, 4, 5, 0.29, ensemble_size=30, inflation=1.03, loc_rad=math.inf,
                static_weight=0.05, outer=1, ensemble="transform", tolerance=0.0),
 ]
 
@@ -272,6 +274,7 @@ def result_row(exp: Experiment, settings: str, errors: list[float], burn_in: int
     """One row of the result table (``rmse.a`` the mean of the scored analysis errors)."""
     rmse = sum(errors) / len(errors)
     return {
+        "errors": errors,  # per scored cycle; dropped from the output (kept for paired comparisons)
         "experiment": exp.name,
         "method": exp.method,
         "settings": settings,
@@ -539,8 +542,8 @@ def run_experiment(
 def dapper_method(exp: Experiment):
     """DAPPER's method matching ``exp`` and its label (``sakov2008.py``'s tuned settings): ``Var3D``
     for 3DVar, the LETKF for the LETKF and 3DEnVar, the iEnKS N = 20 of the same Lag (the method the
-    4D rows are judged against; ``iEnKS('Sqrt', N=20, Lag=4, xN=2)`` is listed there) for 4DVar and
-    4DEnVar."""
+    4D rows are judged against; ``iEnKS('Sqrt', N=20, Lag=4, xN=2)`` is listed there) for 4DVar, and
+    the iEnKS with the 4DEnVar row's N and Lag for 4DEnVar."""
     import dapper.da_methods as da
 
     if exp.method == "3dvar":
@@ -549,13 +552,18 @@ def dapper_method(exp: Experiment):
         return da.LETKF(N=7, rot=True, infl=1.04, loc_rad=4), "LETKF(N=7, rot=True, infl=1.04, loc_rad=4)"
     # 4DVar and 4DEnVar: the iEnKS of the same window (DAPPER 1.7.1's own Var4D fails at its first
     # analysis: it calls the observation operator of time ko on ko, `Obs(ko).linear(x)`)
-    return da.iEnKS("Sqrt", N=20, Lag=exp.lag, xN=2), f"iEnKS('Sqrt', N=20, Lag={exp.lag}, xN=2)"
+    n = exp.ensemble_size if exp.method == "4denvar" else 20
+    return da.iEnKS("Sqrt", N=n, Lag=exp.lag, xN=2), f"iEnKS('Sqrt', N={n}, Lag={exp.lag}, xN=2)"
 
 
-def run_dapper(exp: Experiment, scored_cycles: int, seed: int) -> dict:
+def run_dapper(exp: Experiment, scored_cycles: int, seed: int, same_truth: bool = False,
+               ours: list[float] | None = None) -> dict:
     """DAPPER's matching method (:func:`dapper_method`) on DAPPER's own ``sakov2008`` HMM with the
-    same burn-in, dkObs and number of observation times; ``wall_s`` times ``assimilate`` alone
-    (DAPPER draws its own truth and observations from ``seed``)."""
+    same burn-in, dkObs and number of observation times; ``wall_s`` times ``assimilate`` alone.
+    DAPPER draws its own truth and observations from ``seed``, or (``same_truth``) takes ours
+    (:func:`twin_setup` of the same seed): then the per-cycle errors pair with ``ours`` and the row
+    carries their mean difference with a 95 % moving-block bootstrap interval (blocks of
+    ``PAIRED_BLOCK`` cycles; the initial ensemble is DAPPER's own draw from the same ``X0``)."""
     with contextlib.redirect_stdout(sys.stderr):  # DAPPER prints a plotting-backend warning on import (keeps --json clean)
         import dapper as dpr
         import dapper.mods as modelling
@@ -567,14 +575,36 @@ def run_dapper(exp: Experiment, scored_cycles: int, seed: int) -> dict:
     hmm = SAKOV2008.copy()
     hmm.tseq = modelling.Chronology(DT, dko=exp.obs_every, Ko=burn_in + scored_cycles - 1, BurnIn=BURN_IN_TIME)
     dpr.set_seed(seed)
-    xx, yy = hmm.simulate()
+    if same_truth:
+        _, _, n_obs, _, truth, obs_steps, y = twin_setup(exp, scored_cycles, seed)
+        assert hmm.tseq.Ko + 1 == n_obs and int(hmm.tseq.kko[0]) == int(obs_steps[0])
+        xx, yy = truth.numpy(), y.numpy()
+    else:
+        xx, yy = hmm.simulate()
     xp, label = dapper_method(exp)
     t0 = time.perf_counter()
     xp.assimilate(hmm, xx, yy)
     wall = time.perf_counter() - t0
     xp.stats.average_in_time()
-    return {"experiment": exp.name, "dapper_method": label, "dapper_version": dpr.__version__,
-            "rmse_a": round(float(xp.avrgs.err.rms.a.val), 4), "wall_s": round(wall, 2)}
+    row = {"experiment": exp.name, "dapper_method": label, "dapper_version": dpr.__version__,
+           "truth": "aivarda's (same truth and observations)" if same_truth else "DAPPER's own draw",
+           "rmse_a": round(float(xp.avrgs.err.rms.a.val), 4), "wall_s": round(wall, 2)}
+    if same_truth and ours is not None:
+        theirs = np.asarray(xp.stats.err.rms.a, dtype=np.float64)[burn_in:]
+        mine = np.asarray(ours, dtype=np.float64)
+        if theirs.shape != mine.shape:
+            raise RuntimeError(f"paired comparison: {mine.shape} aivarda cycles against {theirs.shape} DAPPER cycles")
+        d = paired_difference(mine[:, None], theirs[:, None], lambda m: m, block_length=PAIRED_BLOCK)
+        row["rmse_a_same_cycles"] = round(float(theirs.mean()), 4)
+        row["paired_difference"] = {"aivarda_minus_dapper": round(float(d.difference[0]), 4),
+                                    "interval_95": [round(float(d.low[0]), 4), round(float(d.high[0]), 4)],
+                                    "block_length": d.block_length, "resamples": d.resamples, "cycles": d.cycles}
+    return row
+
+
+PAIRED_BLOCK = 50
+"""Cycles per block of the paired bootstrap (Lorenz-96 analysis errors stay correlated over tens of
+observation intervals)."""
 
 
 def format_comparison(rows: list[dict]) -> str:
@@ -651,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="override settings of the selected experiments (tuning), e.g. inflation=1.03,outer=2,ensemble=transform")
     p.add_argument("--compare-dapper", action="store_true",
                    help="also run DAPPER's matching method of each experiment (needs `pip install aivarda[dapper]`)")
+    p.add_argument("--dapper-same-truth", action="store_true",
+                   help="run DAPPER's matching method on aivarda's truth and observations (same seed) and give the "
+                        "paired difference of rmse.a with a 95 %% interval (needs `pip install aivarda[dapper]`)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -662,8 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown experiments {unknown}; expected some of {[e.name for e in EXPERIMENTS]}")
     overrides = parse_overrides(args.set, p)
-    if args.compare_dapper and importlib.util.find_spec("dapper") is None:
-        p.error("--compare-dapper needs DAPPER: pip install 'aivarda[dapper]' (dapper 1.7.1)")
+    if (args.compare_dapper or args.dapper_same_truth) and importlib.util.find_spec("dapper") is None:
+        p.error("--compare-dapper/--dapper-same-truth need DAPPER: pip install 'aivarda[dapper]' (dapper 1.7.1)")
     cycles = 300 if args.quick else args.cycles
     config = {
         "outer_loops": args.outer_loops,
@@ -680,11 +713,14 @@ def main(argv: list[str] | None = None) -> int:
         for i, e in enumerate(EXPERIMENTS)
         if e.name in wanted
     ]
-    if args.compare_dapper:
+    if args.compare_dapper or args.dapper_same_truth:
         for i, e in enumerate(EXPERIMENTS):
             for r in rows:
-                if r["experiment"] == e.name:
-                    r["dapper"] = run_dapper(e, cycles, args.seed + i)
+                if r["experiment"] == e.name:  # with --set's overrides (the iEnKS of a 4DEnVar row takes its N and Lag)
+                    r["dapper"] = run_dapper(dataclasses.replace(e, **overrides), cycles, args.seed + i,
+                                             args.dapper_same_truth, r["errors"])
+    for r in rows:
+        r.pop("errors")
     if args.json:
         meta = {
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -699,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"meta": meta, "results": rows}, indent=2))
     else:
         print(format_table(rows, judged=not args.quick))
-        if args.compare_dapper:
+        if args.compare_dapper or args.dapper_same_truth:
             print(format_comparison(rows))
     if args.quick:
         # 300 cycles scatter by several hundredths around the long-run mean: a quick run only

@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/lorenz96_tables.py docs/results/lorenz96_speed.json docs/results/lorenz96_envar.json
     python benchmarks/lorenz96_tables.py --tuning docs/results/lorenz96_tuning.json
+    python benchmarks/lorenz96_tables.py --runs docs/results/lorenz96_tuning_n_lag/*.json   # one row per run
 """
 
 from __future__ import annotations
@@ -33,6 +34,35 @@ def dapper_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def paired_table(rows: list[dict]) -> list[str]:
+    """DAPPER's method on aivarda's truth and observations (``--dapper-same-truth``): the paired difference."""
+    lines = ["| experiment | DAPPER method (same truth and observations) | rmse.a aivarda | rmse.a DAPPER | aivarda − DAPPER [95 % interval] |",
+             "|---|---|---:|---:|---|"]
+    for r in rows:
+        d = r.get("dapper", {})
+        if "paired_difference" in d:
+            pd = d["paired_difference"]
+            lo, hi = pd["interval_95"]
+            verdict = "" if lo <= 0 <= hi else (" aivarda better" if hi < 0 else " DAPPER better")
+            lines.append(f"| {r['experiment']} | `{d['dapper_method']}` | {r['rmse_a']:.4f} | {d['rmse_a_same_cycles']:.4f} | "
+                         f"{pd['aivarda_minus_dapper']:+.4f} [{lo:+.4f}, {hi:+.4f}]{verdict or ' not significant'} |")
+    return lines
+
+
+def runs_table(paths: list[str]) -> list[str]:
+    """One row per ``lorenz96.py --json`` output: its command's seed and ``--set``, and rmse.a."""
+    lines = ["| experiment | settings | seed | scored cycles | rmse.a | command |", "|---|---|---:|---:|---:|---|"]
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        argv = data["meta"]["command"].split()
+        seed = argv[argv.index("--seed") + 1] if "--seed" in argv else "3000"
+        for r in data["results"]:
+            lines.append(f"| {r['experiment']} | {r['settings']} | {seed} | {r['scored_cycles']} | {r['rmse_a']:.4f} | "
+                         f"`{data['meta']['command']}` |")
+    return lines
+
+
 def tuning_table(rows: list[dict]) -> list[str]:
     lines = ["| experiment | `--set` | seed | scored cycles | minimiser | rmse.a |", "|---|---|---:|---:|---|---:|"]
     for r in rows:
@@ -44,6 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="*", help="JSON files of lorenz96.py --json")
     p.add_argument("--tuning", help="the tuning JSON (docs/results/lorenz96_tuning.json)")
+    p.add_argument("--runs", nargs="+", default=[], help="lorenz96.py --json outputs: one row per run")
     args = p.parse_args()
     for path in args.files:
         with open(path) as f:
@@ -55,7 +86,12 @@ def main() -> None:
         if any("dapper" in r for r in data["results"]):
             print()
             print("\n".join(dapper_table(data["results"])))
+        if any("paired_difference" in r.get("dapper", {}) for r in data["results"]):
+            print()
+            print("\n".join(paired_table(data["results"])))
         print()
+    if args.runs:
+        print("\n".join(runs_table(args.runs)))
     if args.tuning:
         with open(args.tuning) as f:
             print("\n".join(tuning_table(json.load(f)["results"])))

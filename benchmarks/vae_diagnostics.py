@@ -4,22 +4,24 @@ Randomisation test against the NMC samples it was trained on (and the held-out o
 same test for GEN_BE fitted on the same samples:
 
 1. per-channel variance of ``U(z)``, ``z ~ N(0, I)``, over that of the NMC samples
-   (``aivarda.background.vae.diagnostics.pointwise_variance``), with and without the checkpoint's
-   per-channel variance calibration (fitted on the training samples) → ``vae_variance.png``;
+   (``aivarda.background.vae.diagnostics.pointwise_variance``) for the raw decoder and with each of
+   the checkpoint's calibrations (per-channel variance ``k``, per-channel per-wavenumber spectral
+   ``g``; both fitted on the training samples) → ``vae_variance.png``;
 2. horizontal power spectra (per total wavenumber ``l``) of the decoder samples and of the NMC
    samples' deviations, and their ratio per band of ``l`` → ``vae_spectra.png``;
 3. single-observation increments (one z500 observation at a mid-latitude point, 3DVar with λ = 1)
-   of the VAE (L-BFGS through the decoder) and of GEN_BE → ``vae_single_obs.png``.
+   of GEN_BE and of the VAE with each calibration (L-BFGS through the decoder) → ``vae_single_obs.png``.
 
     python benchmarks/vae_diagnostics.py --checkpoint src/aivarda/assets/vae_t42.pt \
         --samples $AIVARDA_HOME/b/nmc_learn_b_genbe_<key>.pt --genbe $AIVARDA_HOME/b/genbe_learn_b_genbe.pt \
         --json docs/results/vae_diagnostics.json --img-dir docs/img [--prefix vae] [--n 64] [--threads 2]
 
-Acceptance of a factor 2: a ratio in [0.5, 2]. The calibration ``k`` was fitted on the training
+Acceptance of a factor 2: a ratio in [0.5, 2]. The calibrations were fitted on the training
 samples with the decoder draws of seed 0; the draws here (``--seed``, default 1) are others, but the
-calibrated per-channel variance ratio is close to ``v(train)/v(samples)`` by construction — the
-spectra per band and the single-observation increments are what tests the VAE's structure. The JSON records the checkpoint's training and
-validation spans and its training settings.
+``k``-calibrated variance ratio and the ``g``-calibrated band ratios are close to the training
+samples' by construction — the held-out (val) samples, the raw decoder's numbers and the
+single-observation increments are what test the VAE's structure. The JSON records the checkpoint's
+training and validation spans and its training settings.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ from aivarda.learning.nmc import NmcSamples
 from aivarda.sphere import EARTH_RADIUS, SphereOps
 
 SHOWN = ["z500", "t850", "u500", "q500", "t2m", "msl"]
+VARIANTS = {"none": "VAE uncalibrated", "variance": "VAE variance-calibrated", "spectral": "VAE spectral-calibrated"}
+"""The VAE transform's ``calibration`` options and their names in the JSON and the figures."""
+COLOURS = {"VAE uncalibrated": "C2", "VAE variance-calibrated": "C0", "VAE spectral-calibrated": "C1", "GEN_BE": "C3"}
 
 
 def within(r: np.ndarray) -> float:
@@ -90,13 +95,11 @@ def main() -> None:
     names = list(layout.names)
     split = {name: samples.samples[torch.as_tensor(samples.in_span(ckpt.metadata[f"{name}_span"]))]
              for name in ("train", "val")}
-    U = VaeTransform(ckpt, grid, centre=True)
-    U_raw = VaeTransform(ckpt, grid, centre=True, calibrated=False)
+    vaes = {VARIANTS[c]: VaeTransform(ckpt, grid, centre=True, calibration=c) for c in VARIANTS}
+    vaes = {m: U for m, U in vaes.items() if VARIANTS[U.calibration] == m}  # the calibrations the file has
     stats = GenBeStatistics.load(args.genbe)
     G = GenBeTransform(stats, dtype=torch.float64)
-    models = {"VAE": decoder_samples(U, args.n, args.seed)}
-    if U.calibrated:
-        models["VAE uncalibrated"] = decoder_samples(U_raw, args.n, args.seed)
+    models = {m: decoder_samples(U, args.n, args.seed) for m, U in vaes.items()}
     models["GEN_BE"] = prior_samples(G, args.n, args.seed, dtype=torch.float64).float()
 
     # 1. variance
@@ -116,7 +119,8 @@ def main() -> None:
     c = layout.index("z500")
     single = {}
     inc = {}
-    for m, T, dtype in (("GEN_BE", G, torch.float64), ("VAE", U, torch.float32)):
+    shown = [("GEN_BE", G, torch.float64)] + [(m, U, torch.float32) for m, U in vaes.items()]
+    for m, T, dtype in shown:
         dx, summary = single_observation_analysis(T, c, i, j, args.innovation, args.sigma, args.lam, dtype=dtype)
         inc[m] = dx.double().numpy()
         summary["half_radius_km"] = half_radius_km(inc[m][c], i, j, np.asarray(w))
@@ -130,7 +134,9 @@ def main() -> None:
         "training": {k: meta.get("config", {}).get("vae", {}).get(k) for k in ("architecture", "training")},
         "step": meta.get("step"), "samples_file": str(args.samples),
         "calibration": None if ckpt.calibration is None else {
-            **meta.get("calibration", {}), "k": {n: float(v) for n, v in zip(names, ckpt.calibration)}},
+            **meta.get("calibration", {}), "k": {n: float(v) for n, v in zip(names, ckpt.calibration)},
+            "g_band_rms": None if ckpt.spectral_calibration is None else {
+                n: [float(v) for v in band_power(ckpt.spectral_calibration[k].double() ** 2).sqrt()] for k, n in enumerate(names)}},
         "n_decoder_samples": args.n, "n_nmc": {s: int(x.shape[0]) for s, x in split.items()},
         "bands": [list(b) for b in DEFAULT_BANDS],
         "variance_ratio": {m: {s: {n: float(v) for n, v in zip(names, r)} for s, r in d.items()} for m, d in ratio.items()},
@@ -145,11 +151,11 @@ def main() -> None:
                        "sigma": args.sigma, "lam": args.lam, **single},
     }
     print(f"{args.n} decoder samples; NMC samples: train {out['n_nmc']['train']}, val {out['n_nmc']['val']}")
-    print("B                split  variance within ×2  median ratio  band power within ×2 (per band)")
+    print("B                        split  variance within ×2  median ratio  band power within ×2 (per band)")
     for m in models:
         for s in split:
             per = " ".join(f"{100 * x:.0f}%" for x in out["band_within_factor_2_per_band"][m][s])
-            print(f"{m:16} {s:5} {100 * out['variance_within_factor_2'][m][s]:17.0f}% "
+            print(f"{m:24} {s:5} {100 * out['variance_within_factor_2'][m][s]:17.0f}% "
                   f"{out['variance_ratio_median'][m][s]:13.3g}  {100 * out['band_within_factor_2'][m][s]:.0f}% ({per})")
     for m, s in single.items():
         print(f"single z500 obs, {m}: increment at obs {s['increment_at_obs']:.1f} m²/s², half-radius "
@@ -170,13 +176,9 @@ def plot_variance(path: Path, names: list[str], ratio: dict) -> None:
     fig, ax = plt.subplots(figsize=(13, 3.8), constrained_layout=True)
     x = np.arange(len(names))
     ax.axhspan(0.5, 2.0, color="0.9", label="within a factor 2")
-    style = {("VAE", "val"): ("C0", "o"), ("VAE", "train"): ("C0", "x"),
-             ("VAE uncalibrated", "val"): ("C2", "o"), ("VAE uncalibrated", "train"): ("C2", "x"),
-             ("GEN_BE", "val"): ("C3", "o"), ("GEN_BE", "train"): ("C3", "x")}
-    for (m, s), (col, mk) in style.items():
-        if m not in ratio:
-            continue
-        ax.plot(x, ratio[m][s], mk, color=col, ms=4, label=f"{m} / NMC ({s} samples)", mfc="none" if mk == "o" else None)
+    for m in ratio:
+        for s, mk in (("val", "o"), ("train", "x")):
+            ax.plot(x, ratio[m][s], mk, color=COLOURS[m], ms=4, label=f"{m} / NMC ({s} samples)", mfc="none" if mk == "o" else None)
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xticks(x)
@@ -196,10 +198,8 @@ def plot_spectra(path: Path, layout, spec_nmc: dict, spec_model: dict) -> None:
         ell = np.arange(spec_nmc["val"].shape[1])
         ax.loglog(ell[1:], spec_nmc["val"][k, 1:], "k-", label="NMC (val)")
         ax.loglog(ell[1:], spec_nmc["train"][k, 1:], "k:", label="NMC (train)")
-        ax.loglog(ell[1:], spec_model["VAE"][k, 1:], "C0-", label="VAE decoder")
-        if "VAE uncalibrated" in spec_model:
-            ax.loglog(ell[1:], spec_model["VAE uncalibrated"][k, 1:], "C2-", lw=0.8, label="VAE decoder, uncalibrated")
-        ax.loglog(ell[1:], spec_model["GEN_BE"][k, 1:], "C3--", label="GEN_BE")
+        for m, p in spec_model.items():
+            ax.loglog(ell[1:], p[k, 1:], "--" if m == "GEN_BE" else "-", color=COLOURS[m], lw=0.9, label=m)
         for a, _ in DEFAULT_BANDS[1:]:
             ax.axvline(a, color="0.8", lw=0.6)
         ax.set_title(n)
@@ -220,8 +220,8 @@ def plot_single(path: Path, grid, layout, inc: dict, i: int, j: int, args: argpa
         return np.concatenate([f, f[:, :1]], axis=1)
 
     rows = [n for n in ("z500", "t850") if n in layout.names]
-    fig, axes = plt.subplots(len(rows) + 1, 2, figsize=(13, 3.3 * (len(rows) + 1)), constrained_layout=True)
-    for col, m in enumerate(("GEN_BE", "VAE")):
+    fig, axes = plt.subplots(len(rows) + 1, len(inc), figsize=(6.5 * len(inc), 3.3 * (len(rows) + 1)), constrained_layout=True)
+    for col, m in enumerate(inc):
         for r, n in enumerate(rows):
             ax = axes[r, col]
             f = inc[m][layout.index(n)]

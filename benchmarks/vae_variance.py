@@ -2,7 +2,7 @@
 over that of the NMC samples (``aivarda.background.vae.diagnostics``).
 
     python benchmarks/vae_variance.py --checkpoint runs/learn_b_vae/best.pt --samples NMC.pt \
-        [--split val|train|all] [--n 64] [--seed 0] [--threads 1] [--json]
+        [--split val|train|all] [--calibration none|variance|spectral] [--n 64] [--seed 0] [--threads 1] [--json]
 
 ``--split`` compares with the checkpoint's validation samples (default), its training samples, or
 all samples of the file (split by the valid-time spans recorded in the checkpoint). Prints the ratio
@@ -28,6 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--samples", required=True, help="the NMC sample file the VAE was trained on")
+    ap.add_argument("--calibration", choices=["none", "variance", "spectral"], default="none",
+                    help="the transform's calibration (default none: the raw decoder, the transform's default)")
     ap.add_argument("--split", choices=["val", "train", "all"], default="val")
     ap.add_argument("--n", type=int, default=64, help="decoder samples")
     ap.add_argument("--seed", type=int, default=0)
@@ -41,7 +43,7 @@ def main() -> None:
     keep = np.ones(len(samples), dtype=bool)
     if args.split != "all":
         keep = samples.in_span(ckpt.metadata[f"{args.split}_span"])
-    U = VaeTransform(ckpt, samples.grid, centre=True)
+    U = VaeTransform(ckpt, samples.grid, centre=True, calibration=args.calibration)
     ratio = decoder_variance_ratio(U, samples.samples[torch.as_tensor(keep)], n=args.n, seed=args.seed).numpy()
     names = list(ckpt.layout.names)
     with torch.no_grad():

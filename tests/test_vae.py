@@ -235,7 +235,7 @@ def test_bad_checkpoint_and_config_errors(trained: tuple[Path, dict], tmp_path: 
 
 def test_variance_calibration(trained: tuple[Path, dict], tmp_path: Path) -> None:
     """k_c = (v_c(NMC train) / v_c(U₀(z)))^½: with k the randomisation test on the training samples
-    gives 1 for the same decoder samples; another draw stays close; calibrated: false ignores k; a
+    gives 1 for the same decoder samples; another draw stays close; calibration: none ignores k; a
     file without k loads as uncalibrated, one with a bad k is refused in one line."""
     from aivarda.background.vae.diagnostics import variance_calibration
     from aivarda.learning.learn_vae import calibrate_checkpoint
@@ -246,24 +246,67 @@ def test_variance_calibration(trained: tuple[Path, dict], tmp_path: Path) -> Non
     ckpt.save(path)
     samples = fake_samples()
     train = samples.samples[:19]
-    raw = _transform(path, (8, 16, 32))
-    assert not raw.calibrated
+    raw = _transform(path, (8, 16, 32), calibration="variance")
+    assert raw.calibration == "none"  # the file has no k
     before = decoder_variance_ratio(raw, train, n=64)
     k = calibrate_checkpoint(path, samples, n=64, seed=0)
     torch.testing.assert_close(k.double(), before.rsqrt(), rtol=1e-5, atol=0)
     torch.testing.assert_close(k, variance_calibration(VaeCheckpoint.load(path)[0], train, n=64, seed=0))
-    U = _transform(path, (8, 16, 32))
-    assert U.calibrated
+    U = _transform(path, (8, 16, 32), calibration="variance")
+    assert U.calibration == "variance"
+    assert _transform(path, (8, 16, 32)).calibration == "none"  # the default: the raw decoder
     torch.testing.assert_close(decoder_variance_ratio(U, train, n=64), torch.ones(8, dtype=torch.float64), rtol=1e-5, atol=0)
     other = decoder_variance_ratio(U, train, n=64, seed=1)
     assert bool(((other > 0.5) & (other < 2)).all()), other
     z = torch.randn(*U.latent_shape, dtype=torch.float64)
-    off = _transform(path, (8, 16, 32), calibrated=False)
+    off = _transform(path, (8, 16, 32), calibration="none")
     torch.testing.assert_close(U.decode(z), off.decode(z) * k.double()[:, None, None])
     bad, payload = VaeCheckpoint.load(path)
     payload["calibration"] = -torch.ones(8)
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(DataError, match="calibration must be 8 finite positive"):
+        VaeCheckpoint.load(tmp_path / "bad.pt")
+
+
+def test_spectral_calibration(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    """g_{c,l} = (P_{c,l}(NMC train) / P_{c,l}(U₀(z)))^½: with g the decoder draws it was fitted
+    with have the training samples' power at every total wavenumber of every channel (so their
+    variance); other draws stay within a factor 2 per channel; the filter is linear in D(z) − D(0)
+    (gains of 1 give the raw decoder); a checkpoint without g is refused for calibration: spectral,
+    bad gains in one line."""
+    from aivarda.background.vae.diagnostics import decoder_samples, mean_power_spectrum
+    from aivarda.learning.learn_vae import calibrate_checkpoint
+    from aivarda.sphere import SphereOps
+
+    path = tmp_path / "best.pt"
+    ckpt, _ = VaeCheckpoint.load(trained[0] / "best.pt")
+    ckpt.calibration = ckpt.spectral_calibration = None
+    ckpt.save(path)
+    with pytest.raises(ConfigError, match="no spectral calibration; estimate it with `aivarda learn-b vae CONFIG --calibrate-only`"):
+        _transform(path, (8, 16, 32), calibration="spectral")
+    samples = fake_samples()
+    train = samples.samples[:19]
+    calibrate_checkpoint(path, samples, n=64, seed=0)
+    ckpt, _ = VaeCheckpoint.load(path)
+    ops = SphereOps(GRID)
+    assert ckpt.spectral_calibration is not None and tuple(ckpt.spectral_calibration.shape) == (8, ops.lmax)
+    U = _transform(path, (8, 16, 32), calibration="spectral")
+    assert U.calibration == "spectral"
+    p_nmc = mean_power_spectrum(train, ops)
+    p_dec = mean_power_spectrum(decoder_samples(U, 64, seed=0), ops)
+    resolved = p_nmc > 1e-6 * p_nmc.amax(-1, keepdim=True)
+    torch.testing.assert_close(p_dec[resolved], p_nmc[resolved], rtol=1e-3, atol=0)
+    other = decoder_variance_ratio(U, train, n=64, seed=1)
+    assert bool(((other > 0.5) & (other < 2)).all()), other
+    raw = _transform(path, (8, 16, 32), calibration="none")
+    ones = VaeTransform(ckpt, GRID, calibration="spectral", dtype=torch.float64)
+    ones.spectral = (ones.spectral[0], torch.ones_like(ones.spectral[1]))
+    z = torch.randn(2, *U.latent_shape, dtype=torch.float64)
+    torch.testing.assert_close(ones.decode(z), ops.truncate(raw.decode(z)))
+    _, payload = VaeCheckpoint.load(path)
+    payload["spectral_calibration"] = torch.ones(8, 3, 2)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match=r"spectral_calibration must be \[8, L\] finite non-negative gains"):
         VaeCheckpoint.load(tmp_path / "bad.pt")
 
 
@@ -289,10 +332,12 @@ def test_cli_trains_resumes_and_reports_one_line_errors(
     # a finished run calibrates best.pt on its training samples; the paused one above did not
     ckpt, _ = VaeCheckpoint.load(tmp_path / "out" / "best.pt")
     assert ckpt.calibration is not None and ckpt.metadata["calibration"]["nmc_samples"] == 19
+    assert ckpt.spectral_calibration is not None
     assert summary["calibration"]["median"] == pytest.approx(float(ckpt.calibration.median()))
     assert cli_main([*args, "--calibrate-only"]) == 0  # re-estimates, same seed → same factors
     again, _ = VaeCheckpoint.load(tmp_path / "out" / "best.pt")
     assert torch.equal(again.calibration, ckpt.calibration)
+    assert torch.equal(again.spectral_calibration, ckpt.spectral_calibration)
     capsys.readouterr()
     (tmp_path / "vae.yaml").write_text(yaml.safe_dump(cfg | {"samples": "nope.pt"}))
     assert cli_main([*args, "--out", str(tmp_path / "other")]) == 2

@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, default=None, help="NMC sample file (default: the config's, or the cache)")
     p.add_argument("--epochs", type=int, default=None, help="override vae.training.epochs")
     p.add_argument("--calibrate-only", action="store_true",
-                   help="only (re)estimate the variance calibration of output_dir/best.pt on its training samples")
+                   help="only (re)estimate the variance and spectral calibrations of output_dir/best.pt on its training samples")
     p.set_defaults(func=_handler("aivarda.learning.learn_vae:main"))
 
     return parser

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from aivarda.background.vae.checkpoint import VaeCheckpoint, channel_std, time_span
 from aivarda.background.vae.config import LearnVaeConfig
-from aivarda.background.vae.diagnostics import variance_calibration
+from aivarda.background.vae.diagnostics import spectral_calibration, variance_calibration
 from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import DataError
@@ -243,9 +243,10 @@ def vae_trained_on(samples_metadata: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> Tensor:
-    """Estimate the per-channel variance calibration ``k`` of the checkpoint at ``path`` on the NMC
-    samples of its training span (``aivarda.background.vae.diagnostics.variance_calibration``) and
-    write it into the file (atomically) → ``k [C]``."""
+    """Estimate the per-channel variance calibration ``k`` and the spectral calibration ``g [C, L]``
+    of the checkpoint at ``path`` on the NMC samples of its training span
+    (``aivarda.background.vae.diagnostics.variance_calibration``, ``spectral_calibration``, the
+    same decoder draws) and write them into the file (atomically) → ``k [C]``."""
     ckpt, _ = VaeCheckpoint.load(path)
     span = ckpt.metadata.get("train_span")
     if not span:
@@ -253,8 +254,10 @@ def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> 
     keep = samples.in_span(span)
     if not keep.any():
         raise DataError(f"{path}: none of the NMC samples lies in its training span {span}")
-    k = variance_calibration(ckpt, samples.samples[torch.as_tensor(keep)], n=n, seed=seed)
+    train = samples.samples[torch.as_tensor(keep)]
+    k = variance_calibration(ckpt, train, n=n, seed=seed)
     ckpt.calibration = k
+    ckpt.spectral_calibration = spectral_calibration(ckpt, train, n=n, seed=seed)
     if not ckpt.metadata.get("trained_on"):  # checkpoints trained before the VAE recorded it
         ckpt.metadata["trained_on"] = vae_trained_on(samples.metadata)
     ckpt.metadata = {**ckpt.metadata, "calibration": {"decoder_samples": n, "seed": seed, "span": span,

@@ -5,7 +5,8 @@ holding the architecture, the weights of encoder and decoder, the per-channel NM
 ``err_std [C]`` (physical units) the samples were divided by, the samples' grid (the grid the
 decoder outputs), the state grid of the source, the channel layout, the training and validation
 time spans, and (``last.pt`` only) the optimiser state for ``--resume``. ``best.pt`` also holds the
-per-channel variance calibration ``k [C]`` of ``learn-b vae`` (absent in older files: then none).
+per-channel variance calibration ``k [C]`` and the per-channel, per-total-wavenumber spectral
+calibration ``g [C, L]`` of ``learn-b vae`` (absent in older files: then none).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class VaeCheckpoint:
     calibration: Tensor | None = None
     """Per-channel factor ``k [C]`` on the decoder's increments (``aivarda.background.vae.diagnostics.
     variance_calibration``); None: not calibrated."""
+    spectral_calibration: Tensor | None = None
+    """Per-channel, per-total-wavenumber gain ``g [C, L]`` on the decoder's increments
+    (``aivarda.background.vae.diagnostics.spectral_calibration``); None: not estimated."""
 
     def payload(self, training_state: dict[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +80,8 @@ class VaeCheckpoint:
         }
         if self.calibration is not None:
             out["calibration"] = self.calibration.float().cpu()
+        if self.spectral_calibration is not None:
+            out["spectral_calibration"] = self.spectral_calibration.float().cpu()
         if training_state is not None:
             out["training_state"] = training_state
         return out
@@ -92,9 +98,10 @@ class VaeCheckpoint:
             grid, layout = Grid.from_dict(d["grid"]), ChannelLayout.from_dict(d["layout"])
             net = VaeNet(len(layout), grid.shape, arch)
             net.load_state_dict(d["state_dict"])
-            calibration = d.get("calibration")
+            calibration, spectral = d.get("calibration"), d.get("spectral_calibration")
             ckpt = cls(net, d["err_std"].float(), grid, Grid.from_dict(d["state_grid"]), layout, dict(d["metadata"]),
-                       None if calibration is None else torch.as_tensor(calibration).float())
+                       None if calibration is None else torch.as_tensor(calibration).float(),
+                       None if spectral is None else torch.as_tensor(spectral).float())
         except (KeyError, TypeError, ValidationError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{path}: damaged VAE checkpoint ({type(exc).__name__}: {first})") from None
@@ -103,6 +110,10 @@ class VaeCheckpoint:
         k = ckpt.calibration
         if k is not None and (tuple(k.shape) != (len(layout),) or not bool(torch.isfinite(k).all()) or bool((k <= 0).any())):
             raise DataError(f"{path}: calibration must be {len(layout)} finite positive factors, got shape {list(k.shape)}")
+        g = ckpt.spectral_calibration
+        if g is not None and (g.ndim != 2 or g.shape[0] != len(layout) or not bool(torch.isfinite(g).all()) or bool((g < 0).any())):
+            raise DataError(f"{path}: spectral_calibration must be [{len(layout)}, L] finite non-negative gains, "
+                            f"got shape {list(g.shape)}")
         net.eval()
         return ckpt, d
 

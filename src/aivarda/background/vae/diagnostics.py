@@ -46,10 +46,26 @@ def variance_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed
     trained on (physical units, on the checkpoint's grid): with ``k`` applied, the randomisation
     test gives a ratio of exactly 1 on these samples for these ``n`` decoder samples (``seed``).
     A channel whose decoder or sample variance is zero gets ``k = 1``."""
-    U = VaeTransform(ckpt, ckpt.grid, centre=True, calibrated=False)
+    U = VaeTransform(ckpt, ckpt.grid, centre=True, calibration="none")
     ratio = decoder_variance_ratio(U, samples, n=n, seed=seed)
     k = ratio.rsqrt()
     return torch.where(torch.isfinite(k) & (k > 0), k, torch.ones_like(k)).float()
+
+
+def spectral_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:
+    """Per-channel, per-total-wavenumber gains ``g_{c,l} = (P_{c,l}(NMC) / P_{c,l}(U₀(z)))^½``
+    ``[C, L]`` with ``P`` the mean power spectra (:func:`mean_power_spectrum`) of the NMC samples
+    ``[N, C, H, W]`` it was trained on (physical units, on the checkpoint's grid) and of ``n``
+    draws of ``U₀``, the uncalibrated, centred decoder transform (``seed``): with ``g`` applied to
+    every draw's spectrum, those draws have the NMC samples' power in every ``l`` of every channel
+    (and so their variance). A degree where either power is zero gets ``g = 0`` (nothing to match
+    or nothing to scale)."""
+    U = VaeTransform(ckpt, ckpt.grid, centre=True, calibration="none")
+    ops = SphereOps(ckpt.grid)
+    p_dec = mean_power_spectrum(decoder_samples(U, n, seed), ops)
+    p_nmc = mean_power_spectrum(samples, ops)
+    g = (p_nmc / p_dec).sqrt()
+    return torch.where(torch.isfinite(g) & (p_nmc > 0), g, torch.zeros_like(g)).float()
 
 
 def decoder_variance_ratio(U: VaeTransform, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:

@@ -18,11 +18,19 @@ decoder happens to map 0 to 0. Subtracting ``D(0)`` makes ``z = 0`` the backgrou
 analysis without observations is the background. ``D(0)`` is a constant, so the gradient is
 unchanged.
 
-``k [C]`` is the checkpoint's variance calibration (``calibrated: true``, the default, when the
-checkpoint has one; else 1): the per-channel factor that gives the decoder's samples ``U(z)``,
-``z ~ N(0, I)``, the variance of the training NMC samples (``learn-b vae`` estimates it after
-training; docs/vae.md says why it is needed). ``scale`` multiplies ``U`` (as ``genbe``'s). The decoder runs in ``context.dtype`` on the device of
-``z``.
+``calibration: none``, the default, uses the raw decoder (as the released VAE-Var code; chosen on
+the tuning world, docs/vae.md §7). ``k [C]`` is the checkpoint's per-channel variance calibration
+(``calibration: variance``, when the checkpoint has one; else 1): the factor that gives the decoder's samples ``U(z)``,
+``z ~ N(0, I)``, the variance of the training NMC samples. ``calibration: spectral`` instead filters
+each channel of ``D(z) − D(0)`` in spherical harmonics with the checkpoint's gains ``g [C, L]``,
+
+    δx = U(z) = I( s ⊙ S_g(D(z) − D(0)) ),    S_g(f)_c = synthesis(g_{c,l} · analysis(f_c)_{l,m}),
+
+so that the samples have the training NMC samples' power at every total wavenumber ``l`` of every
+channel (and so their variance); ``S_g`` is linear and fixed, the decoder keeps the nonlinear
+structure. ``learn-b vae`` estimates both calibrations after training; docs/vae.md §3 and §6 say
+what they change. ``scale`` multiplies ``U`` (as ``genbe``'s).
+The decoder runs in ``context.dtype`` on the device of ``z``.
 
 With ``finetune: {mode: lora | reset | full}`` the B is flow-dependent (LoRA-EnVar,
 ``docs/lora-envar.md``): its config declares ``needs_ensemble``, and every cycle
@@ -49,7 +57,9 @@ from aivarda.background.vae.finetune import FinetuneConfig, VaeFinetuner, ensemb
 from aivarda.errors import ConfigError, DataError
 from aivarda.grid import Grid
 from aivarda.paths import expand_path
-from aivarda.sphere import Regrid
+from aivarda.sphere import Regrid, SphereOps
+
+Calibration = Literal["variance", "spectral", "none"]
 
 
 class VaeTransform:
@@ -62,16 +72,31 @@ class VaeTransform:
         *,
         centre: bool = True,
         scale: float = 1.0,
-        calibrated: bool = True,
+        calibration: Calibration = "none",
         dtype: torch.dtype = torch.float32,
     ):
         self.net = ckpt.net.to(dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         std = ckpt.err_std
-        if calibrated and ckpt.calibration is not None:
+        self.spectral: tuple[SphereOps, Tensor] | None = None
+        if calibration == "variance" and ckpt.calibration is not None:
             std = std * ckpt.calibration
-        self.calibrated = bool(calibrated and ckpt.calibration is not None)
+        elif calibration == "spectral":
+            if ckpt.spectral_calibration is None:
+                raise ConfigError(
+                    "background_error.calibration: spectral, but the checkpoint has no spectral calibration; "
+                    "estimate it with `aivarda learn-b vae CONFIG --calibrate-only`"
+                )
+            ops = SphereOps(ckpt.grid)
+            gains = ckpt.spectral_calibration
+            if gains.shape[1] != ops.lmax:
+                raise DataError(f"VAE checkpoint: spectral_calibration has {gains.shape[1]} degrees, the decoder grid {ops.lmax}")
+            self.spectral = (ops, gains.to(dtype)[:, :, None])
+        self.calibration: Calibration = (
+            "spectral" if self.spectral is not None else "variance" if calibration == "variance" and ckpt.calibration is not None
+            else "none"
+        )
         self.err_std = std.to(dtype)[:, None, None]
         self.layout = ckpt.layout
         self.control_grid = ckpt.grid
@@ -98,7 +123,11 @@ class VaeTransform:
         batch = _batch_shape(z, self.latent_shape, "VaeTransform.decode")
         flat = z.reshape(-1, *self.latent_shape)
         self.net.to(z.device)
-        out = (self.net.decode(flat) - self.offset(flat)) * self.err_std.to(flat)
+        out = self.net.decode(flat) - self.offset(flat)
+        if self.spectral is not None:
+            ops, gains = self.spectral
+            out = ops.synthesis(ops.analysis(out) * gains.to(out.device)).to(out.dtype)
+        out = out * self.err_std.to(flat)
         return self.scale * self.regrid(out).reshape(*batch, *self.state_shape)
 
 
@@ -146,8 +175,10 @@ class VaeConfig(TransformConfig):
     checkpoint: Path = Field(description="best.pt (or last.pt) of `aivarda learn-b vae`")
     centre: bool = Field(default=True, description="subtract D(0) so that z = 0 is the background")
     scale: float = Field(default=1.0, gt=0, description="multiplies U")
-    calibrated: bool = Field(
-        default=True, description="apply the checkpoint's per-channel variance calibration k (when it has one)"
+    calibration: Calibration = Field(
+        default="none",
+        description="none: the raw decoder; variance: the checkpoint's per-channel factor k (when it has one); "
+        "spectral: its per-channel, per-wavenumber gains g",
     )
     state_grid: GridSection | None = Field(
         default=None, description="grid of the analysis state (default: the checkpoint's source grid)"
@@ -172,8 +203,8 @@ def _build_vae(cfg: VaeConfig, context: TransformContext) -> ControlTransform:
         if tuple(context.state_shape) == (C, *grid.shape):
             if cfg.finetune.mode != "none":
                 return FinetunedVaeTransform(ckpt, cfg.finetune, grid, centre=cfg.centre, scale=cfg.scale,
-                                             calibrated=cfg.calibrated, dtype=context.dtype)
-            return VaeTransform(ckpt, grid, centre=cfg.centre, scale=cfg.scale, calibrated=cfg.calibrated,
+                                             calibration=cfg.calibration, dtype=context.dtype)
+            return VaeTransform(ckpt, grid, centre=cfg.centre, scale=cfg.scale, calibration=cfg.calibration,
                                 dtype=context.dtype)
     grids = " or ".join(g.describe() for g in candidates)
     raise ConfigError(
