@@ -100,6 +100,7 @@ def plot(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
         ax.plot(counts, b, "s-", color="C0", label=rows[0]["b"].split("__")[0])
         ax.set_xscale("log")
         ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
         ax.set_title(f"{ch}: analysis RMSE")
         ax.legend(fontsize=8)
         ax = axes[1, k]
@@ -107,6 +108,7 @@ def plot(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xscale("log")
         ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
         ax.set_xlabel("observed columns per cycle")
         ax.set_title(f"{ch}: method − baseline (95 %)")
     fig.suptitle(f"Observation density: {rows[0]['a'].split('__')[0]} against {rows[0]['b'].split('__')[0]} "
