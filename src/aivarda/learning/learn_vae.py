@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from aivarda.background.vae.checkpoint import VaeCheckpoint, channel_std, time_span
 from aivarda.background.vae.config import LearnVaeConfig
-from aivarda.background.vae.diagnostics import spectral_calibration, variance_calibration
+from aivarda.background.vae.diagnostics import raw_decoder_samples, spectral_calibration, variance_calibration
 from aivarda.background.vae.network import VaeNet, vae_loss
 from aivarda.config import load_config
 from aivarda.errors import DataError
@@ -255,9 +255,10 @@ def calibrate_checkpoint(path: Path, samples: NmcSamples, n: int, seed: int) -> 
     if not keep.any():
         raise DataError(f"{path}: none of the NMC samples lies in its training span {span}")
     train = samples.samples[torch.as_tensor(keep)]
-    k = variance_calibration(ckpt, train, n=n, seed=seed)
+    draws = raw_decoder_samples(ckpt, n, seed)  # decoded once for both calibrations
+    k = variance_calibration(ckpt, train, draws=draws)
     ckpt.calibration = k
-    ckpt.spectral_calibration = spectral_calibration(ckpt, train, n=n, seed=seed)
+    ckpt.spectral_calibration = spectral_calibration(ckpt, train, draws=draws)
     if not ckpt.metadata.get("trained_on"):  # checkpoints trained before the VAE recorded it
         ckpt.metadata["trained_on"] = vae_trained_on(samples.metadata)
     ckpt.metadata = {**ckpt.metadata, "calibration": {"decoder_samples": n, "seed": seed, "span": span,

@@ -40,29 +40,40 @@ def decoder_samples(U: VaeTransform, n: int, seed: int = 0, batch: int = 8) -> T
     return prior_samples(U, n, seed, batch, dtype=U.err_std.dtype, draw_dtype=torch.float32)
 
 
-def variance_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:
+def raw_decoder_samples(ckpt: VaeCheckpoint, n: int = 64, seed: int = 0) -> Tensor:
+    """``n`` draws (``seed``) of ``U₀(z)``, the uncalibrated, centred decoder transform of ``ckpt`` on
+    its own grid: what both calibrations are fitted to."""
+    return decoder_samples(VaeTransform(ckpt, ckpt.grid, centre=True, calibration="none"), n, seed)
+
+
+def variance_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0,
+                         draws: Tensor | None = None) -> Tensor:
     """Per-channel factors ``k_c = (v_c(NMC) / v_c(U₀(z)))^½`` ``[C]`` with ``U₀`` the uncalibrated,
     centred decoder transform of ``ckpt`` and ``samples [N, C, H, W]`` the NMC samples it was
     trained on (physical units, on the checkpoint's grid): with ``k`` applied, the randomisation
     test gives a ratio of exactly 1 on these samples for these ``n`` decoder samples (``seed``).
-    A channel whose decoder or sample variance is zero gets ``k = 1``."""
-    U = VaeTransform(ckpt, ckpt.grid, centre=True, calibration="none")
-    ratio = decoder_variance_ratio(U, samples, n=n, seed=seed)
-    k = ratio.rsqrt()
+    A channel whose decoder or sample variance is zero gets ``k = 1``. ``draws``: those decoder
+    samples when already made (:func:`raw_decoder_samples` of the same ``n`` and ``seed``)."""
+    if draws is None:
+        draws = raw_decoder_samples(ckpt, n, seed)
+    weights = ckpt.grid.weights
+    k = (pointwise_variance(draws, weights) / pointwise_variance(samples, weights)).rsqrt()
     return torch.where(torch.isfinite(k) & (k > 0), k, torch.ones_like(k)).float()
 
 
-def spectral_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0) -> Tensor:
+def spectral_calibration(ckpt: VaeCheckpoint, samples: Tensor, n: int = 64, seed: int = 0,
+                         draws: Tensor | None = None) -> Tensor:
     """Per-channel, per-total-wavenumber gains ``g_{c,l} = (P_{c,l}(NMC) / P_{c,l}(U₀(z)))^½``
     ``[C, L]`` with ``P`` the mean power spectra (:func:`mean_power_spectrum`) of the NMC samples
     ``[N, C, H, W]`` it was trained on (physical units, on the checkpoint's grid) and of ``n``
     draws of ``U₀``, the uncalibrated, centred decoder transform (``seed``): with ``g`` applied to
     every draw's spectrum, those draws have the NMC samples' power in every ``l`` of every channel
     (and so their variance). A degree where either power is zero gets ``g = 0`` (nothing to match
-    or nothing to scale)."""
-    U = VaeTransform(ckpt, ckpt.grid, centre=True, calibration="none")
+    or nothing to scale). ``draws``: as :func:`variance_calibration`'s."""
+    if draws is None:
+        draws = raw_decoder_samples(ckpt, n, seed)
     ops = SphereOps(ckpt.grid)
-    p_dec = mean_power_spectrum(decoder_samples(U, n, seed), ops)
+    p_dec = mean_power_spectrum(draws, ops)
     p_nmc = mean_power_spectrum(samples, ops)
     g = (p_nmc / p_dec).sqrt()
     return torch.where(torch.isfinite(g) & (p_nmc > 0), g, torch.zeros_like(g)).float()

@@ -80,8 +80,10 @@ class VaeTransform:
             p.requires_grad_(False)
         std = ckpt.err_std
         self.spectral: tuple[SphereOps, Tensor] | None = None
+        self.calibration: Calibration = "none"  # the one applied ("variance" without k in the file: none)
         if calibration == "variance" and ckpt.calibration is not None:
             std = std * ckpt.calibration
+            self.calibration = "variance"
         elif calibration == "spectral":
             if ckpt.spectral_calibration is None:
                 raise ConfigError(
@@ -93,10 +95,7 @@ class VaeTransform:
             if gains.shape[1] != ops.lmax:
                 raise DataError(f"VAE checkpoint: spectral_calibration has {gains.shape[1]} degrees, the decoder grid {ops.lmax}")
             self.spectral = (ops, gains.to(dtype)[:, :, None])
-        self.calibration: Calibration = (
-            "spectral" if self.spectral is not None else "variance" if calibration == "variance" and ckpt.calibration is not None
-            else "none"
-        )
+            self.calibration = "spectral"
         self.err_std = std.to(dtype)[:, None, None]
         self.layout = ckpt.layout
         self.control_grid = ckpt.grid
