@@ -211,6 +211,66 @@ def test_letkf_cycles_its_own_ensemble_through_aivarda_run(tiny_nature_run: Path
     assert torch.allclose(seen[1][0], seen[0][1].float(), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"method": "3denvar", "background_error": ENSEMBLE_B},
+        {"method": "4dvar", "da_win": 2, "window_interval": "1h", "background_error": HYBRID_B},
+    ],
+    ids=["3denvar", "hybrid-4dvar"],
+)
+def test_envar_cycles_an_letkf_ensemble_through_aivarda_run(section: dict[str, Any], tiny_nature_run: Path,
+                                                           tmp_path: Path, monkeypatch) -> None:
+    """``ensemble_letkf``: the background is the mean of the cycled members, the B is updated from
+    them, and the analysis members are the LETKF's anomalies recentred on the variational analysis;
+    the next cycle's members are their forecasts (identity models: the members themselves)."""
+    from aivarda.assimilation import letkf_ensemble
+    from aivarda.assimilation.analysis import analyse_window as real_analyse_window
+    from aivarda.cycling import runner as runner_module
+
+    raw: list[torch.Tensor] = []
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    letkf_members = letkf_ensemble.letkf_members
+
+    def spy_letkf(problem, config, where):
+        out = letkf_members(problem, config, where)
+        raw.append(out.clone())
+        return out
+
+    def spy_window(method, x_b, *args, members=None, **kwargs):
+        wa = real_analyse_window(method, x_b, *args, members=members, **kwargs)
+        seen.append((x_b.clone(), members.clone(), wa.result.x_a.detach().clone(), wa.result.members.clone()))
+        return wa
+
+    monkeypatch.setattr(letkf_ensemble, "letkf_members", spy_letkf)
+    monkeypatch.setattr(runner_module, "analyse_window", spy_window)
+    letkf = {"length_scale_km": 1200, "rtps": 0.5}
+    rows = run_tiny(tmp_path, tiny_nature_run, section["method"],
+                    {"outer_loops": 1, "inner_iterations": 10, **section, "ensemble_letkf": letkf})
+    assert [r["method"] for r in rows] == [section["method"]] * 2
+    for r in rows:
+        assert float(r["ana_nrmse"]) < float(r["bg_nrmse"])
+    assert len(seen) == len(raw) == 2
+    for (x_b, forecast, x_a, analysis), letkf_out in zip(seen, raw, strict=True):
+        assert torch.allclose(x_b, forecast.mean(0), atol=1e-5)  # the background: the members' mean
+        assert torch.allclose(analysis.mean(0), x_a, atol=1e-5)  # recentred on the variational analysis
+        scale = x_a.abs().amax(dim=(1, 2))  # [C]: float32 round-off of a channel ~ its magnitude
+        error = (analysis - x_a - (letkf_out - letkf_out.mean(0))).abs().amax(dim=(0, 2, 3))
+        assert bool((error <= 1e-6 * scale).all())  # the LETKF's anomalies, channel by channel
+        assert float((analysis - x_a).abs().max()) > 0 and not torch.equal(forecast, analysis)
+    assert torch.allclose(seen[1][1], seen[0][3].float(), atol=1e-6)  # identity model: members carried
+
+
+def test_letkf_ensemble_with_a_static_b_is_one_config_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_method({"method": "4dvar", "background_error": {"type": "diagonal"}, "ensemble_letkf": {}})
+    text = str(err.value)
+    assert "\n" not in text and "ensemble_letkf" in text and "'diagonal'" in text
+    plain = build_method({"method": "3denvar", "background_error": ENSEMBLE_B})
+    own = build_method({"method": "3denvar", "background_error": ENSEMBLE_B, "ensemble_letkf": {}})
+    assert plain.needs.ensemble_source == "lagged" and own.needs.ensemble_source == "own"
+
+
 ENVAR_CONFIGS = {"exp_3DEnVar": ("3denvar", "ensemble"), "exp_4DEnVar": ("4denvar", "ensemble"),
                  "exp_Hybrid-3DEnVar": ("3denvar", "hybrid"), "exp_Hybrid-4DEnVar": ("4denvar", "hybrid"),
                  "exp_LETKF": ("letkf", "identity")}

@@ -265,11 +265,30 @@ def test_shipped_lora_configs_validate(name: str, method: str) -> None:
     assert cfg.name == name and len(cfg.cycle_times()) == 124 and cfg.observations.fraction == 0.05
     assert cfg.dynamic_member == 8 and cfg.gap == 8 and cfg.assimilation.method == method
     b = cfg.assimilation.background_error
-    assert isinstance(b, VaeConfig) and b.needs_ensemble and b.finetune == FinetuneConfig(mode="lora", lr=1e-2)
+    assert isinstance(b, VaeConfig) and b.needs_ensemble and b.finetune == FinetuneConfig(mode="lora")
+    # the lr is each mode's default, so `--set ...finetune.mode=full` gets 1e-5, not LoRA's 1e-2
+    assert b.finetune.learning_rate == 1e-2
+    assert b.finetune.model_copy(update={"mode": "full"}).learning_rate == 1e-5
     built = build_method(cfg.assimilation)
     assert built.needs.window_model == (method == "4dvar")
     if method == "4dvar":
         assert cfg.window_model is not None and cfg.assimilation.da_win == 6
+
+
+def test_lora_on_an_letkf_ensemble_config_is_lora_3denvar_with_the_letkf_of_exp_letkf() -> None:
+    from aivarda.config import load_config
+    from aivarda.cycling.config import CyclingConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "ablations" / "exp_LoRA-3DEnVar_letkf.yaml", CyclingConfig)
+    base = load_config(root / "exp_LoRA-3DEnVar.yaml", CyclingConfig)
+    letkf = load_config(root / "exp_LETKF.yaml", CyclingConfig)
+    assert cfg.assimilation.ensemble_letkf == letkf.assimilation.letkf
+    built = build_method(cfg.assimilation)
+    assert built.needs.ensemble and built.needs.ensemble_source == "own"
+    same = {"name", "output_dir", "assimilation"}
+    assert cfg.model_dump(exclude=same) == base.model_dump(exclude=same)
+    assert cfg.assimilation.model_dump(exclude={"ensemble_letkf"}) == base.assimilation.model_dump(exclude={"ensemble_letkf"})
 
 
 def test_tiny_world_example_configs_validate() -> None:

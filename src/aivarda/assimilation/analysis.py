@@ -10,7 +10,7 @@ O−A.
 from __future__ import annotations
 
 import time as wallclock
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -67,6 +67,8 @@ def analyse_window(
     problem = AnalysisProblem(x_b, bg_window, transform, operator, active, window, model, members, progress, geometry)
     t0 = wallclock.perf_counter()
     result = method.analyse(problem)
+    if result.members is None and (members_a := method.analysis_members(problem, result)) is not None:
+        result = replace(result, members=members_a)
     seconds = wallclock.perf_counter() - t0
     with torch.no_grad():
         an_window = method.analysis_window(problem, result)

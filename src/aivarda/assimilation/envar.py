@@ -55,6 +55,7 @@ from aivarda.assimilation.methods import (
     WindowConfig,
     _WindowMethod,
 )
+from aivarda.assimilation.letkf_ensemble import LETKFEnsemble, LETKFEnsembleOption
 from aivarda.assimilation.minimizer import AnalysisResult
 from aivarda.assimilation.window import Window
 from aivarda.background.registry import TransformConfig
@@ -73,7 +74,7 @@ def _require_ensemble_b(method: str, b: TransformConfig) -> TransformConfig:
     return b
 
 
-class ThreeDEnVarConfig(AssimilationConfig):
+class ThreeDEnVarConfig(AssimilationConfig, LETKFEnsembleOption):
     method: Literal["3denvar"] = "3denvar"  # type: ignore[assignment]
 
     @field_validator("background_error", mode="after")
@@ -82,7 +83,7 @@ class ThreeDEnVarConfig(AssimilationConfig):
         return _require_ensemble_b("3denvar", b)
 
 
-class FourDEnVarConfig(WindowConfig):
+class FourDEnVarConfig(WindowConfig, LETKFEnsembleOption):
     method: Literal["4denvar"] = "4denvar"  # type: ignore[assignment]
     ensemble_outer_loops: int = Field(
         default=0, ge=0,
@@ -104,7 +105,7 @@ def _check_ensemble_b(method: Method) -> None:
 
 
 @METHODS.register("3denvar", ThreeDEnVarConfig)
-class ThreeDEnVar(ThreeDVar):
+class ThreeDEnVar(LETKFEnsemble, ThreeDVar):
     """3DEnVar: 3DVar with ``B`` (or its ensemble part) from the members valid at the analysis
     time (module docstring)."""
 
@@ -135,7 +136,7 @@ class WindowIncrement:
 
 
 @METHODS.register("4denvar", FourDEnVarConfig)
-class FourDEnVar(_WindowMethod):
+class FourDEnVar(LETKFEnsemble, _WindowMethod):
     """4DEnVar: the members' window trajectories carry the increment through the window (module
     docstring)."""
 

@@ -32,7 +32,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from aivarda.assimilation.letkf import LETKFConfig, letkf_grid_analysis
+from aivarda.assimilation.letkf import LETKFConfig
+from aivarda.assimilation.letkf_ensemble import letkf_members
 from aivarda.assimilation.methods import (
     METHODS,
     AnalysisProblem,
@@ -42,7 +43,6 @@ from aivarda.assimilation.methods import (
 )
 from aivarda.assimilation.minimizer import AnalysisResult
 from aivarda.config import Duration
-from aivarda.errors import ConfigError
 from aivarda.models.base import trajectory
 from aivarda.timeaxis import to_timedelta64
 
@@ -54,19 +54,6 @@ class LETKFMethodConfig(AssimilationConfig):
     letkf: LETKFConfig = Field(default_factory=LETKFConfig, description="localisation, inflation, RTPS/RTPP")
     da_win: int = Field(default=1, ge=1, description="window times T (> 1: the 4D-LETKF, needs a window model)")
     window_interval: Duration = Field(default=timedelta(hours=1), description="spacing of the window times")
-
-
-def member_equivalents(problem: AnalysisProblem, members: Tensor) -> Tensor:
-    """``Y_f [K, N]``: the operator on each member's window trajectory ``[T, *S]``."""
-    window = problem.window
-    with torch.no_grad():
-        if window.n_times > 1:
-            if problem.model is None:
-                raise ConfigError("assimilation.method letkf: da_win > 1 needs a window model")
-            traj = trajectory(problem.model, members, window.steps).movedim(0, 1)  # [K, T, *S]
-        else:
-            traj = members[:, None]
-        return torch.stack([problem.operator(traj[k]).reshape(-1) for k in range(members.shape[0])])
 
 
 @METHODS.register("letkf", LETKFMethodConfig)
@@ -83,18 +70,7 @@ class LETKFMethod(Method):
         return np.arange(self.config.da_win) * to_timedelta64(self.config.window_interval)
 
     def analyse(self, problem: AnalysisProblem) -> AnalysisResult:
-        X_f = problem.members
-        if X_f is None:
-            raise ConfigError("assimilation.method letkf: needs the ensemble members (run it with `aivarda run`)")
-        if problem.geometry is None:
-            raise ConfigError("assimilation.method letkf: needs the grid of the state (AnalysisProblem.geometry)")
-        X_f = X_f.to(problem.background)
-        obs = problem.observations
-        if int(obs.value.numel()) == 0:
-            X_a = X_f.clone()
-        else:
-            Y_f = member_equivalents(problem, X_f)
-            X_a = letkf_grid_analysis(X_f, Y_f, obs, problem.geometry.grid, self.config.letkf)  # type: ignore[arg-type]
+        X_a = letkf_members(problem, self.config.letkf, "assimilation.method letkf")
         x_a = X_a.mean(0)
         z = torch.zeros(0, dtype=x_a.dtype, device=x_a.device)
         return AnalysisResult(x_a, z, x_a - problem.background, [], True, False, members=X_a)

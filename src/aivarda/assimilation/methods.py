@@ -12,7 +12,9 @@ a method's name; they ask the method:
   against (QC, O−B);
 - :meth:`Method.update_background_error` — the per-cycle update of B from the ensemble, for a B
   that declares it needs one;
-- :meth:`Method.analyse` — the analysis.
+- :meth:`Method.analyse` — the analysis;
+- :meth:`Method.analysis_members` — the analysis members of a method that cycles its own ensemble
+  (``needs.ensemble_source == "own"``), when its analysis does not give them itself.
 
 Built-in methods: ``none`` (free run, ``x_a = x_b``), ``3dvar`` (``T = 1``), ``3dvar-fgat``
 (3DVar at the first guess at appropriate time: the observations of a ``T``-time window against
@@ -46,6 +48,7 @@ from aivarda.background.transforms import ControlTransform, EnsembleTransform
 from aivarda.config import PositiveDuration, StrictModel
 from aivarda.errors import AivardaError, ConfigError
 from aivarda.geometry import Geometry
+from aivarda.assimilation.letkf_ensemble import LETKFEnsemble, LETKFEnsembleOption
 from aivarda.models.base import ForecastModel, HasLinearPart, trajectory
 from aivarda.observations.operators import ObservationOperator
 from aivarda.registry import Registry
@@ -201,6 +204,11 @@ class Method:
     def analyse(self, problem: AnalysisProblem) -> AnalysisResult:
         return self.config.minimizer(problem.progress).minimize(self.cost(problem))
 
+    def analysis_members(self, problem: AnalysisProblem, result: AnalysisResult) -> Tensor | None:
+        """Analysis members ``[K, *S]`` to cycle when ``result`` has none (``None``: no ensemble of
+        the method's own; :class:`~aivarda.assimilation.letkf_ensemble.LETKFEnsemble` gives them)."""
+        return None
+
     def analysis_window(self, problem: AnalysisProblem, result: AnalysisResult) -> Tensor:
         """The analysis trajectory ``[T, *S]`` (O−A)."""
         return self.propagation(problem).analysis_window(result.x_a.detach(), problem.background)
@@ -251,7 +259,7 @@ class FGATConfig(WindowConfig):
     method: Literal["3dvar-fgat"] = "3dvar-fgat"
 
 
-class FourDVarConfig(WindowConfig):
+class FourDVarConfig(WindowConfig, LETKFEnsembleOption):
     method: Literal["4dvar"] = "4dvar"
     checkpointing: bool = Field(default=True, description="gradient checkpointing per model step")
     inner_model: Literal["window", "linear_prior"] = Field(
@@ -299,7 +307,7 @@ class ThreeDVarFGAT(_WindowMethod):
 
 
 @METHODS.register("4dvar", FourDVarConfig)
-class FourDVar(_WindowMethod):
+class FourDVar(LETKFEnsemble, _WindowMethod):
     """Strong-constraint 4DVar: ``x_t = M_{0→t}(x_b + U z)`` through the window model."""
 
     config: FourDVarConfig
