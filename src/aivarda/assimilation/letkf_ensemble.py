@@ -28,20 +28,19 @@ ConfigError line): the members would be cycled and never used.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from aivarda.assimilation.letkf import LETKFConfig, letkf_grid_analysis
+from aivarda.assimilation.minimizer import AnalysisResult
+from aivarda.assimilation.problem import AnalysisProblem, Needs
+from aivarda.background.registry import TransformConfig
 from aivarda.config import StrictModel
 from aivarda.errors import ConfigError
 from aivarda.models.base import trajectory
-
-if TYPE_CHECKING:
-    from aivarda.assimilation.methods import AnalysisProblem, AssimilationConfig, Needs
-    from aivarda.assimilation.minimizer import AnalysisResult
 
 
 class LETKFEnsembleOption(StrictModel):
@@ -81,18 +80,25 @@ def letkf_members(problem: AnalysisProblem, config: LETKFConfig, where: str) -> 
     return letkf_grid_analysis(X_f, Y_f, problem.observations, problem.geometry.grid, config)  # type: ignore[arg-type]
 
 
+class LETKFEnsembleMethodConfig(Protocol):
+    """What :class:`LETKFEnsemble` reads of its method's config."""
+
+    method: str
+    background_error: TransformConfig
+    ensemble_letkf: LETKFConfig | None
+
+
 class LETKFEnsemble:
     """Mixin of a variational method that can cycle an LETKF ensemble beside its analysis
     (module docstring). Put it before the method's base class; its config has
     :class:`LETKFEnsembleOption`'s field."""
 
-    config: AssimilationConfig
+    config: LETKFEnsembleMethodConfig
     needs: Needs
 
-    def __init__(self, config: AssimilationConfig) -> None:
+    def __init__(self, config: LETKFEnsembleMethodConfig) -> None:
         super().__init__(config)  # type: ignore[call-arg]
-        letkf = getattr(config, "ensemble_letkf", None)
-        if letkf is None:
+        if config.ensemble_letkf is None:
             return
         b = config.background_error
         if not b.needs_ensemble:
@@ -104,7 +110,7 @@ class LETKFEnsemble:
 
     def analysis_members(self, problem: AnalysisProblem, result: AnalysisResult) -> Tensor | None:
         """The LETKF members recentred on ``result.x_a`` (``None`` without ``ensemble_letkf``)."""
-        letkf: LETKFConfig | None = getattr(self.config, "ensemble_letkf", None)
+        letkf = self.config.ensemble_letkf
         if letkf is None:
             return None
         X_a = letkf_members(problem, letkf, "assimilation.ensemble_letkf")

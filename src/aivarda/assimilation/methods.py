@@ -30,7 +30,6 @@ in a module named by an ``aivarda.methods`` entry point (see :mod:`aivarda.regis
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
@@ -39,18 +38,17 @@ import torch
 from pydantic import Field, SerializeAsAny, field_validator
 from torch import Tensor
 
-from aivarda.assimilation.cost import Observations, VariationalCost
+from aivarda.assimilation.cost import VariationalCost
 from aivarda.assimilation.incremental import multi_incremental
+from aivarda.assimilation.letkf_ensemble import LETKFEnsemble, LETKFEnsembleOption
 from aivarda.assimilation.minimizer import AnalysisResult, Minimizer
+from aivarda.assimilation.problem import AnalysisProblem, Needs
 from aivarda.assimilation.window import BackgroundTrajectory, ModelPropagation, Propagation, Window
 from aivarda.background.registry import IdentityConfig, TransformConfig, parse_transform_config
-from aivarda.background.transforms import ControlTransform, EnsembleTransform
+from aivarda.background.transforms import EnsembleTransform
 from aivarda.config import PositiveDuration, StrictModel
 from aivarda.errors import AivardaError, ConfigError
-from aivarda.geometry import Geometry
-from aivarda.assimilation.letkf_ensemble import LETKFEnsemble, LETKFEnsembleOption
 from aivarda.models.base import ForecastModel, HasLinearPart, trajectory
-from aivarda.observations.operators import ObservationOperator
 from aivarda.registry import Registry
 from aivarda.timeaxis import steps_between, to_timedelta64
 
@@ -97,41 +95,6 @@ class WindowConfig(AssimilationConfig):
     flow_error: float = Field(
         default=0.0, ge=0, description="model-error std per window time in units of σ_o: σ_t² = σ_o²·(1 + (flow_error·t)²)"
     )
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What a method asks the driver for: a ``window_model`` (a forecast model stepping through
-    the window) and the ``ensemble`` members valid at the analysis time.
-
-    ``ensemble_source``: ``"lagged"`` — the members are the time-lagged forecasts of the single
-    analysis (1…K cycles old); ``"own"`` — the method analyses an ensemble
-    (:attr:`AnalysisResult.members` ``[K, *S]``, e.g. an LETKF): the driver forecasts those
-    members one cycle as the next cycle's members and uses their mean as the background."""
-
-    window_model: bool = False
-    ensemble: bool = False
-    ensemble_source: Literal["lagged", "own"] = "lagged"
-
-
-@dataclass
-class AnalysisProblem:
-    """One analysis: background at the window start ``[*S]`` and its window trajectory
-    ``[T, *S]``, the control transform, the observation operator and the (active) observations it
-    was built for, the window, the window model and the ensemble members ``[K, *S]`` valid at the
-    window start (each for the methods that declare they need it), and the data's geometry (grid
-and channel layout, e.g. for an observation-space localisation)."""
-
-    background: Tensor
-    background_window: Tensor
-    transform: ControlTransform
-    operator: ObservationOperator
-    observations: Observations
-    window: Window
-    model: ForecastModel | None = None
-    members: Tensor | None = None
-    progress: bool = False
-    geometry: Geometry | None = None
 
 
 class Method:
