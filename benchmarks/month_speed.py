@@ -1,13 +1,16 @@
 """Whole-process wall time of cycling experiments, and where each cycle's time went.
 
     python benchmarks/month_speed.py configs/exp_3DVar.yaml [configs/exp_4DVar.yaml ...]
-                                     [--out-root runs/speed] [--json]
+                                     [--set KEY=VALUE ...] [--suffix S] [--out-root runs/speed] [--json]
 
 Runs ``aivarda run CONFIG --out OUT_ROOT/NAME`` for each config, one after the other, as a user
 would (a fresh process each: imports, set-up, every cycle, the final outputs), and prints per run
 the whole-process wall seconds, the mean seconds per cycle of each stage (from the run's
 ``metrics.csv``), the cycle count and the mean normalised analysis and background RMSE. An existing
-``OUT_ROOT/NAME`` is refused (the run would resume instead of timing a fresh one). The JSON records
+``OUT_ROOT/NAME`` is refused (the run would resume instead of timing a fresh one). ``--set``
+overrides a dotted key of every config (e.g. ``end_time=2000-08-02T18:00`` to time the first 8
+cycles, ``assimilation.background_error.finetune.mode=full``): the run reads a copy of the config
+with the overrides, written next to the run as ``OUT_ROOT/NAME<S>.yaml``. The JSON records
 the host, the CPU, the torch thread count, the load average before and after each run, the git
 commit and the date.
 """
@@ -75,16 +78,43 @@ def time_run(config: Path, out: Path) -> dict:
     }
 
 
+def with_overrides(config: Path, sets: list[str], path: Path) -> Path:
+    """A copy of ``config`` with ``KEY=VALUE`` overrides (dotted keys, YAML values) at ``path``."""
+    data = yaml.safe_load(config.read_text())
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        node = data
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise SystemExit(f"--set {key}: {k} is not a mapping in {config}")
+        node[leaf] = yaml.safe_load(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="+", type=Path)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a dotted config key of every config (repeatable)")
+    ap.add_argument("--suffix", default="", help="appended to each run's name under --out-root")
     ap.add_argument("--out-root", type=Path, default=Path("runs/speed"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = []
     for config in args.configs:
-        name = yaml.safe_load(config.read_text()).get("name") or config.stem
+        name = (yaml.safe_load(config.read_text()).get("name") or config.stem) + args.suffix
+        if args.sets:
+            if (args.out_root / name).exists():
+                raise SystemExit(f"{args.out_root / name}: exists; remove it or choose another --out-root (a run there would resume)")
+            config = with_overrides(config, args.sets, args.out_root / f"{name}.yaml")
         results.append(time_run(config, args.out_root / name))
+        results[-1]["overrides"] = list(args.sets)
         if not args.json:
             r = results[-1]
             stages = "  ".join(f"{k} {v:.3f}" for k, v in r["seconds_per_cycle"].items())
@@ -93,7 +123,8 @@ def main() -> None:
                   f"nrmse a {r['ana_nrmse_mean']:.4f} b {r['bg_nrmse_mean']:.4f}", flush=True)
     if args.json:
         print(json.dumps({
-            "command": "python benchmarks/month_speed.py " + " ".join(map(str, args.configs)),
+            "command": "python benchmarks/month_speed.py " + " ".join(map(str, args.configs))
+            + "".join(f" --set {x}" for x in args.sets) + (f" --suffix {args.suffix}" if args.suffix else ""),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.node(),
             "cpu": cpu_name(),
