@@ -475,6 +475,8 @@ def plot_report(runs: list[RunData], out: Path) -> list[Path]:
     """RMSE time series (z500, t850) and last-cycle increment maps (z500); returns the files."""
     import xarray as xr
 
+    from matplotlib import colormaps
+
     from aivarda.evaluation.plots import plot_map, plot_time_series, save_figure
     from aivarda.grid import Grid
 
@@ -491,10 +493,17 @@ def plot_report(runs: list[RunData], out: Path) -> list[Path]:
             series[f"{r.name} analysis"] = np.array([float(row[f"ana_wrmse_{ch}"]) for row in r.rows])
             series[f"{r.name} background"] = np.array([float(row[f"bg_wrmse_{ch}"]) for row in r.rows])
         ax = plot_time_series(times, series, ylabel=f"RMSE {ch}", title=f"{ch}: RMSE against the truth")
-        for analysis, background in zip(ax.lines[0::2], ax.lines[1::2], strict=True):  # same colour, dashed
-            background.set_color(analysis.get_color())
+        n_runs = len(ax.lines) // 2
+        colours = colormaps["tab10" if n_runs <= 10 else "tab20"]
+        for i, (analysis, background) in enumerate(zip(ax.lines[0::2], ax.lines[1::2], strict=True)):
+            analysis.set_color(colours(i % colours.N))  # one colour per run; its background dashed
+            background.set_color(colours(i % colours.N))
             background.set_linestyle("--")
-        ax.legend(fontsize="small")
+        if n_runs > 2:  # a long legend goes beside the axes, not over the lines
+            ax.figure.set_size_inches(8.0 + 0.04 * max(len(str(line.get_label())) for line in ax.lines), 4.0)
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize="small")
         figures.append(save_figure(ax, out / f"rmse_{ch}.png"))
     for r in runs:
         last = r.path / "last_cycle.nc"
