@@ -176,7 +176,9 @@ def test_better_run_is_significant_with_seeds(tmp_path: Path, capsys: pytest.Cap
         noise = np.exp(0.05 * rng.normal(size=weather.shape))
         an_a.append(0.7 * weather * noise)
         an_b.append(weather * np.exp(0.05 * rng.normal(size=weather.shape)))
-        runs.append(make_run(tmp_path, f"good_s{seed}", an_a[-1] * 1.2, an_a[-1], seed=seed, extra={"knob": 1}))
+        # seed 2 written after an option with a null default appeared: still the same experiment
+        extra_a = {"knob": 1, "new_option": None} if seed == 2 else {"knob": 1}
+        runs.append(make_run(tmp_path, f"good_s{seed}", an_a[-1] * 1.2, an_a[-1], seed=seed, extra=extra_a))
         runs.append(make_run(tmp_path, f"plain_s{seed}", an_b[-1] * 1.2, an_b[-1], seed=seed, extra={"knob": 2}))
     runs.append(make_run(tmp_path, "noda", 3 * weather, 3 * weather, method="none"))
     c = _compare(capsys, runs, "good_s0:plain_s1")

@@ -314,8 +314,19 @@ def _forecast_lines(summaries: list[dict[str, Any]], width: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ comparisons
+def _without_nulls(value: Any) -> Any:
+    """``value`` with every mapping entry whose value is null dropped (recursively)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _experiment_key(cfg: dict[str, Any]) -> str:
-    return canonical_json({k: v for k, v in cfg.items() if k not in EXPERIMENT_FREE_KEYS})
+    """The configuration without the keys seeds may differ in; a null entry counts as absent, so a
+    run written before an option with a null default existed is the same experiment."""
+    return canonical_json(_without_nulls({k: v for k, v in cfg.items() if k not in EXPERIMENT_FREE_KEYS}))
 
 
 def _resolve(label: str, runs: list[RunData]) -> list[RunData]:
