@@ -25,8 +25,8 @@ from aivarda.background.vae.finetune import FinetuneConfig, VaeFinetuner
 SHOWN = ("z500", "t850", "u500", "q500", "t2m")
 
 
-def run_row(run: dict[str, Any], root: Path) -> dict[str, Any]:
-    cfg = json.loads((root / run["path"] / "config.json").read_text())
+def run_row(run: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """One row of the table: ``run`` from the report, ``cfg`` the run's ``config.json``."""
     a = cfg["assimilation"]
     b = a["background_error"]
     mode = (b.get("finetune") or {}).get("mode", "none") if b["type"] == "vae" else "-"
@@ -65,9 +65,10 @@ def main() -> None:
     args = ap.parse_args()
 
     report = json.loads(args.report.read_text())
-    rows = [run_row(r, args.root) for r in report["runs"]]
-    lora_cfg = next((json.loads((args.root / r["path"] / "config.json").read_text())["assimilation"]["background_error"]["finetune"]
-                     for r, row in zip(report["runs"], rows, strict=True) if row["finetune_mode"] == "lora"), {})
+    configs = [json.loads((args.root / r["path"] / "config.json").read_text()) for r in report["runs"]]
+    rows = [run_row(r, cfg) for r, cfg in zip(report["runs"], configs, strict=True)]
+    lora_cfg = next((cfg["assimilation"]["background_error"]["finetune"]
+                     for cfg, row in zip(configs, rows, strict=True) if row["finetune_mode"] == "lora"), {})
     params = inventory(args.vae, {k: v for k, v in lora_cfg.items() if k != "mode"})
     for row in rows:
         n = row["trainable_params"]

@@ -51,8 +51,6 @@ def commit() -> str:
 
 
 def time_run(config: Path, out: Path) -> dict:
-    if out.exists():
-        raise SystemExit(f"{out}: exists; remove it or choose another --out-root (a run there would resume)")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "aivarda.cli", "run", str(config), "--out", str(out), "--json"],
@@ -109,9 +107,9 @@ def main() -> None:
     results = []
     for config in args.configs:
         name = (yaml.safe_load(config.read_text()).get("name") or config.stem) + args.suffix
+        if (args.out_root / name).exists():  # before the overrides' copy of the config is written beside it
+            raise SystemExit(f"{args.out_root / name}: exists; remove it or choose another --out-root (a run there would resume)")
         if args.sets:
-            if (args.out_root / name).exists():
-                raise SystemExit(f"{args.out_root / name}: exists; remove it or choose another --out-root (a run there would resume)")
             config = with_overrides(config, args.sets, args.out_root / f"{name}.yaml")
         results.append(time_run(config, args.out_root / name))
         results[-1]["overrides"] = list(args.sets)

@@ -70,14 +70,30 @@ def rows_of(run: Path) -> list[dict[str, str]]:
 LORA = {"method": "3denvar", "background_error": {"finetune": {"mode": "lora", "epochs": 1}}}
 
 
+def reference_run(tmp_path: Path, tiny: Path, vae: Path, name: str, section: dict[str, Any]
+                  ) -> tuple[CyclingConfig, Path, list[dict[str, str]]]:
+    """Three uninterrupted cycles of ``section``: the config, the run directory and its metrics rows."""
+    cfg = load_config(config(tmp_path, tiny, vae, name, section, "2000-01-04T12:00"), CyclingConfig)
+    ref = tmp_path / "ref"
+    CyclingRunner(cfg, ref, progress=False).run()
+    return cfg, ref, rows_of(ref)
+
+
+def interrupt_in_cycle_2(cfg: CyclingConfig, out: Path) -> None:
+    """Run into ``out`` and stop in cycle 2 after its B update and analysis, before its commit."""
+
+    def stop(cycle: int, stage: str) -> None:
+        if (cycle, stage) == (2, "analysis"):
+            raise RuntimeError("injected")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        CyclingRunner(cfg, out, progress=False, hook=stop).run()
+
+
 def test_lora_3denvar_resumed_mid_run_equals_uninterrupted(tiny_nature_run: Path, tiny_vae: Path, tmp_path: Path) -> None:
     from aivarda.data.sources import Wb2ZarrSource
 
-    path = config(tmp_path, tiny_nature_run, tiny_vae, "lora", LORA, "2000-01-04T12:00")  # 3 cycles
-    cfg = load_config(path, CyclingConfig)
-    ref = tmp_path / "ref"
-    CyclingRunner(cfg, ref, progress=False).run()
-    rows = rows_of(ref)
+    cfg, ref, rows = reference_run(tmp_path, tiny_nature_run, tiny_vae, "lora", LORA)
     assert [r["method"] for r in rows] == ["3denvar"] * 3
     for r in rows:  # an untrained VAE is no credible B: the analysis fits the observations it assimilated
         assert float(r["oma_assimilated_normalised_rms"]) < float(r["omb_assimilated_normalised_rms"])
@@ -90,13 +106,7 @@ def test_lora_3denvar_resumed_mid_run_equals_uninterrupted(tiny_nature_run: Path
     assert sorted(p.name for p in (ref / "b_state").glob("*.pt")) == ["cycle_00001.pt", "cycle_00002.pt"]
 
     out = tmp_path / "resumed"
-
-    def stop(cycle: int, stage: str) -> None:
-        if (cycle, stage) == (2, "analysis"):  # cycle 2's adapters fine-tuned, not committed
-            raise RuntimeError("injected")
-
-    with pytest.raises(RuntimeError, match="injected"):
-        CyclingRunner(cfg, out, progress=False, hook=stop).run()
+    interrupt_in_cycle_2(cfg, out)  # cycle 2's adapters fine-tuned, not committed
     assert sorted(p.name for p in (out / "b_state").glob("*.pt")) == ["cycle_00000.pt", "cycle_00001.pt"]
     damaged = tmp_path / "damaged"
     shutil.copytree(out, damaged)
@@ -162,23 +172,13 @@ def test_lora_3denvar_on_an_letkf_ensemble_resumes_as_uninterrupted(tiny_nature_
     from aivarda.data.sources import Wb2ZarrSource
 
     section = {**LORA, "ensemble_letkf": {"length_scale_km": 1200, "rtps": 0.5}}
-    path = config(tmp_path, tiny_nature_run, tiny_vae, "lora_letkf", section, "2000-01-04T12:00")  # 3 cycles
-    cfg = load_config(path, CyclingConfig)
-    ref = tmp_path / "ref"
-    CyclingRunner(cfg, ref, progress=False).run()
-    rows = rows_of(ref)
+    cfg, ref, rows = reference_run(tmp_path, tiny_nature_run, tiny_vae, "lora_letkf", section)
     assert [r["method"] for r in rows] == ["3denvar"] * 3
     assert all(float(r["b_trainable_params"]) == 512 and float(r["oma_assimilated_normalised_rms"])
                < float(r["omb_assimilated_normalised_rms"]) for r in rows)
 
     out = tmp_path / "resumed"
-
-    def stop(cycle: int, stage: str) -> None:
-        if (cycle, stage) == (2, "analysis"):
-            raise RuntimeError("injected")
-
-    with pytest.raises(RuntimeError, match="injected"):
-        CyclingRunner(cfg, out, progress=False, hook=stop).run()
+    interrupt_in_cycle_2(cfg, out)
     CyclingRunner(cfg, out, progress=False).run(resume=True)
     assert rows_of(out) == rows
     a, b = Wb2ZarrSource(ref / "analyses.zarr"), Wb2ZarrSource(out / "analyses.zarr")

@@ -53,7 +53,7 @@ class LETKFEnsembleOption(StrictModel):
     )
 
 
-def member_equivalents(problem: AnalysisProblem, members: Tensor, where: str = "assimilation") -> Tensor:
+def member_equivalents(problem: AnalysisProblem, members: Tensor, where: str) -> Tensor:
     """``Y_f [K, N]``: the operator on each member's window trajectory ``[T, *S]``."""
     window = problem.window
     with torch.no_grad():

@@ -507,8 +507,9 @@ def plot_report(runs: list[RunData], out: Path) -> list[Path]:
         n_runs = len(ax.lines) // 2
         colours = colormaps["tab10" if n_runs <= 10 else "tab20"]
         for i, (analysis, background) in enumerate(zip(ax.lines[0::2], ax.lines[1::2], strict=True)):
-            analysis.set_color(colours(i % colours.N))  # one colour per run; its background dashed
-            background.set_color(colours(i % colours.N))
+            colour = colours(i % colours.N)  # one colour per run; its background dashed
+            analysis.set_color(colour)
+            background.set_color(colour)
             background.set_linestyle("--")
         if n_runs > 2:  # a long legend goes beside the axes, not over the lines
             ax.figure.set_size_inches(8.0 + 0.04 * max(len(str(line.get_label())) for line in ax.lines), 4.0)
